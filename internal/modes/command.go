@@ -1,0 +1,176 @@
+package modes
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"runtime"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Exit codes for a command that cannot run, as env(1) and timeout(1) use.
+const (
+	ExitNotExecutable = 126
+	ExitNotFound      = 127
+	ExitUsage         = 2
+)
+
+// CommandError is a command that could not be started.
+type CommandError struct {
+	Code int
+	Err  error
+}
+
+func (e *CommandError) Error() string { return e.Err.Error() }
+
+// resolve finds the command's executable like the shell does.
+func resolve(name string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path, nil
+	}
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return "", &CommandError{ExitNotExecutable, fmt.Errorf("%s: permission denied", name)}
+	case errors.Is(err, exec.ErrDot):
+		return "", &CommandError{ExitNotFound, fmt.Errorf("%s: not found in PATH (use ./%s)", name, name)}
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, exec.ErrNotFound):
+		return "", &CommandError{ExitNotFound, fmt.Errorf("%s: command not found", name)}
+	}
+	return "", &CommandError{ExitNotExecutable, fmt.Errorf("%s: %w", name, err)}
+}
+
+// child is the running command.
+type child struct {
+	pid        int
+	foreground bool          // the child owns the terminal
+	done       chan struct{} // closed when reaped
+	started    time.Time
+	// set before done is closed
+	ended  time.Time
+	status unix.WaitStatus
+	rusage unix.Rusage
+}
+
+// startChild starts the command in its own process group (so a signal
+// statexec forwards reaches the whole group once) and, when statexec owns
+// the terminal, in the foreground, so Ctrl+C goes to the command alone.
+// The child gets SIGKILL if statexec dies. The goroutine that forks stays
+// locked to its thread until the child is reaped, because the kernel sends
+// the parent-death signal when the forking thread exits.
+func startChild(path string, argv []string, stdio [3]*os.File, prepare func(*syscall.SysProcAttr)) (*child, error) {
+	c := &child{done: make(chan struct{})}
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+		attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if foregroundTTY(stdio[0]) {
+			attr.Foreground = true
+			attr.Ctty = 0 // the child's stdin
+			c.foreground = true
+		}
+		prepare(attr)
+		p, err := os.StartProcess(path, argv, &os.ProcAttr{Files: stdio[:], Sys: attr, Env: os.Environ()})
+		if err != nil {
+			started <- err
+			return
+		}
+		c.pid = p.Pid
+		c.started = time.Now()
+		p.Release() // reaped below with wait4, not by os.Process
+		started <- nil
+		c.reap()
+		close(c.done)
+	}()
+	if err := <-started; err != nil {
+		code := ExitNotExecutable
+		if errors.Is(err, fs.ErrNotExist) {
+			code = ExitNotFound
+		}
+		return nil, &CommandError{code, fmt.Errorf("start %s: %w", argv[0], err)}
+	}
+	return c, nil
+}
+
+// reap waits for the child. statexec is a child subreaper, so orphaned
+// descendants are reparented to it: they are reaped here as they exit.
+func (c *child) reap() {
+	for {
+		var st unix.WaitStatus
+		var ru unix.Rusage
+		pid, err := unix.Wait4(-1, &st, 0, &ru)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil { // ECHILD: nothing left to wait for
+			return
+		}
+		if pid == c.pid {
+			c.ended = time.Now()
+			c.status, c.rusage = st, ru
+			c.reapOrphans()
+			return
+		}
+	}
+}
+
+// reapOrphans collects descendants that already exited.
+func (c *child) reapOrphans() {
+	for i := 0; i < 10000; i++ {
+		var st unix.WaitStatus
+		pid, err := unix.Wait4(-1, &st, unix.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			return
+		}
+	}
+}
+
+// signal sends sig to the child's process group, or to the child if the
+// group is gone.
+func (c *child) signal(sig syscall.Signal) {
+	if err := syscall.Kill(-c.pid, sig); err != nil {
+		syscall.Kill(c.pid, sig)
+	}
+}
+
+// exitCode is the shell's view of the status: the code, or 128+signal.
+func (c *child) exitCode() int {
+	switch {
+	case c.status.Exited():
+		return c.status.ExitStatus()
+	case c.status.Signaled():
+		return 128 + int(c.status.Signal())
+	}
+	return 1
+}
+
+// foregroundTTY reports whether f is a terminal whose foreground process
+// group is statexec's own.
+func foregroundTTY(f *os.File) bool {
+	if f == nil {
+		return false
+	}
+	pgrp, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCGPGRP)
+	return err == nil && pgrp == unix.Getpgrp()
+}
+
+// takeTerminalBack makes statexec's process group the foreground group of
+// the terminal again after the child, which owned it, ended. SIGTTOU is
+// ignored meanwhile: statexec is a background group at this point.
+func takeTerminalBack(f *os.File) {
+	if f == nil {
+		return
+	}
+	fd := int(f.Fd())
+	if _, err := unix.IoctlGetInt(fd, unix.TIOCGPGRP); err != nil {
+		return
+	}
+	ignoreTTOU()
+	defer restoreTTOU()
+	unix.IoctlSetPointerInt(fd, unix.TIOCSPGRP, unix.Getpgrp())
+}

@@ -1,0 +1,427 @@
+// Package modes runs statexec's modes: the life cycle of one run (metrics
+// before, during and after the command), the command itself, and the HTTP
+// synchronisation of the wait* and sync* modes.
+package modes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/statexec/statexec/internal/config"
+	"github.com/statexec/statexec/internal/host"
+	"github.com/statexec/statexec/internal/probe"
+	"github.com/statexec/statexec/internal/sampler"
+	"github.com/statexec/statexec/internal/store"
+	"github.com/statexec/statexec/internal/syncctl"
+)
+
+// Options are what Run needs from the process.
+type Options struct {
+	Stdin          *os.File
+	Stdout, Stderr *os.File
+}
+
+// Command status values of statexec_command_status.
+const (
+	statusPending = 0
+	statusRunning = 1
+	statusDone    = 2
+)
+
+// forwarded are the signals statexec passes on to the command.
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+
+// run is one invocation's state.
+type run struct {
+	inv     *config.Invocation
+	cfg     config.Config
+	o       Options
+	stderr  io.Writer
+	path    string
+	signals chan os.Signal
+
+	st       *store.Store
+	probe    *probe.Session
+	smp      *sampler.Sampler
+	status   prometheus.Gauge
+	stopLoop context.CancelFunc
+	loopDone chan struct{}
+	srv      *syncctl.Server
+
+	child    *child
+	childErr error // the command could not start
+	// startFailedC is closed when the command could not start (sync server).
+	startFailedC    chan struct{}
+	startFailedOnce sync.Once
+	interrupted     os.Signal // a signal ended the run before the command
+	points          int       // samples written
+}
+
+// Run runs the invocation and returns statexec's exit code.
+func Run(inv *config.Invocation, o Options) int {
+	r := &run{inv: inv, cfg: inv.Config, o: o, stderr: o.Stderr, startFailedC: make(chan struct{})}
+	// Orphaned descendants of the command are reparented to statexec,
+	// which reaps them (PID 1 may not).
+	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	// Catch the signals first, so that none ends statexec before the
+	// file is written.
+	r.signals = make(chan os.Signal, 8)
+	signal.Notify(r.signals, forwarded...)
+	defer signal.Stop(r.signals)
+
+	code, err := r.setup()
+	if err != nil {
+		r.errorf("%v", err)
+		r.cleanup()
+		return code
+	}
+	return r.execute()
+}
+
+func (r *run) errorf(format string, a ...any) {
+	fmt.Fprintf(r.stderr, "statexec: "+format+"\n", a...)
+}
+
+// setup validates everything that can fail before the command runs; on
+// error, nothing was run and no metrics file was touched.
+func (r *run) setup() (int, error) {
+	var err error
+	if r.path, err = resolve(r.inv.Command[0]); err != nil {
+		var ce *CommandError
+		errors.As(err, &ce)
+		return ce.Code, err
+	}
+	if err := config.CheckMetricsFile(r.cfg.MetricsFile); err != nil {
+		return ExitUsage, err
+	}
+	spool := r.cfg.MetricsFile + ".spool"
+	if err := r.recoverStale(spool); err != nil {
+		return ExitUsage, err
+	}
+	if r.st, err = store.Create(spool); err != nil {
+		return ExitUsage, err
+	}
+	reg := prometheus.NewRegistry()
+	labeled := prometheus.WrapRegistererWith(r.constLabels(), reg)
+	r.status = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "statexec_command_status",
+		Help: "State of the command: 0 pending, 1 running, 2 done.",
+	})
+	duration := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "statexec_collection_duration_seconds",
+		Help: "Time the previous collection of all metrics took, in seconds.",
+	})
+	labeled.MustRegister(r.status, duration)
+	for _, c := range host.Collectors(context.Background()) {
+		labeled.MustRegister(c)
+	}
+	r.probe, err = probe.Start(probe.Options{Mode: probe.Mode(r.cfg.Probes), Notice: r.stderr})
+	if err != nil {
+		return ExitUsage, fmt.Errorf("probes: %w", err)
+	}
+	labeled.MustRegister(r.probe.Collector())
+	if err := r.listen(); err != nil {
+		return ExitUsage, err
+	}
+	clock := sampler.NewClock(r.cfg.TimeRelativeMs)
+	r.hintRetention()
+	r.smp = sampler.New(reg, r.st, clock, duration, r.stderr)
+	return 0, nil
+}
+
+func (r *run) constLabels() prometheus.Labels {
+	l := prometheus.Labels{"instance": r.cfg.Instance, "job": "statexec", "role": role(r.inv.Mode)}
+	for _, x := range r.cfg.Labels {
+		l[x.Key] = x.Value
+	}
+	return l
+}
+
+func role(mode string) string {
+	switch mode {
+	case config.ModeWaitStart, config.ModeWaitStartAndStop:
+		return "server"
+	case config.ModeSyncStart, config.ModeSyncStartAndStop:
+		return "client"
+	}
+	return "standalone"
+}
+
+// recoverStale turns the spool of an interrupted run into a metrics file
+// next to ours before the spool is reused.
+func (r *run) recoverStale(spool string) error {
+	stale, err := store.Stale(spool)
+	if err != nil || !stale {
+		return err
+	}
+	out := RecoveredName(r.cfg.MetricsFile, spool)
+	n, err := Recover(spool, out, formatOf(r.cfg.Format))
+	if err != nil {
+		r.errorf("could not recover the spool of an interrupted run (%v); it is overwritten", err)
+		return nil
+	}
+	r.errorf("recovered %d samples of an interrupted run into %s", n, out)
+	return nil
+}
+
+// hintRetention warns when the time origin is so old that a default
+// VictoriaMetrics would drop the samples without saying so.
+func (r *run) hintRetention() {
+	if r.cfg.TimeRelativeMs < 0 {
+		return
+	}
+	age := time.Since(time.UnixMilli(r.cfg.TimeRelativeMs))
+	if age > 30*24*time.Hour {
+		r.errorf("hint: SE_TIME_RELATIVE is %d days in the past; VictoriaMetrics silently drops samples older than its -retentionPeriod (default 1 month), so import into one started with a longer -retentionPeriod", int(age.Hours()/24))
+	}
+}
+
+func formatOf(f string) store.Format {
+	if f == config.FormatPrometheus {
+		return store.Prometheus
+	}
+	return store.OpenMetrics
+}
+
+// execute goes through the phases: before, start, running, after, write.
+func (r *run) execute() int {
+	r.smp.Sample()
+	ctx, cancel := context.WithCancel(context.Background())
+	r.stopLoop = cancel
+	r.loopDone = make(chan struct{})
+	go func() {
+		defer close(r.loopDone)
+		r.smp.Run(ctx, r.cfg.Interval)
+	}()
+	code := r.phases()
+	return r.finish(code)
+}
+
+// phases runs the command and returns the exit code so far.
+func (r *run) phases() int {
+	if sig := r.sleep(r.cfg.WaitBefore); sig != nil {
+		return r.interrupt(sig)
+	}
+	if code, ok := r.startPhase(); !ok {
+		return code
+	}
+	code := r.wait()
+	r.status.Set(statusDone)
+	r.smp.Sample()
+	r.probe.CommandEnded()
+	if r.srv != nil {
+		r.srv.Finished(code)
+	}
+	code = r.afterCommand(code)
+	// A signal in the wait after the command only cuts the wait short.
+	r.sleep(r.cfg.WaitAfter)
+	return code
+}
+
+func (r *run) interrupt(sig os.Signal) int {
+	r.interrupted = sig
+	r.errorf("%v received before the command started; it is not run", sig)
+	return 128 + int(sig.(syscall.Signal))
+}
+
+// sleep waits d, unless a signal comes first, which it returns.
+func (r *run) sleep(d time.Duration) os.Signal {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case sig := <-r.signals:
+		return sig
+	}
+}
+
+// startCommand starts the command once. It is the Start callback of the
+// sync server, too.
+func (r *run) startCommand() error {
+	c, err := startChild(r.path, r.inv.Command, [3]*os.File{r.o.Stdin, r.o.Stdout, r.o.Stderr}, r.probe.PrepareCommand)
+	if err != nil {
+		r.childErr = err
+		r.startFailedOnce.Do(func() { close(r.startFailedC) })
+		return err
+	}
+	r.child = c
+	r.status.Set(statusRunning)
+	r.probe.CommandStarted(c.pid)
+	r.smp.Sample()
+	return nil
+}
+
+// startPhase starts the command as the mode says; ok is false when it
+// did not start, with the exit code to use.
+func (r *run) startPhase() (int, bool) {
+	switch r.inv.Mode {
+	case config.ModeWaitStart, config.ModeWaitStartAndStop:
+		return r.serveUntilStarted()
+	case config.ModeSyncStart, config.ModeSyncStartAndStop:
+		if err := r.send("start"); err != nil {
+			r.errorf("%v; the command is not run", err)
+			if r.interrupted != nil {
+				return 128 + int(r.interrupted.(syscall.Signal)), false
+			}
+			return 1, false
+		}
+	}
+	if err := r.startCommand(); err != nil {
+		return r.startFailed(err)
+	}
+	return 0, true
+}
+
+func (r *run) startFailed(err error) (int, bool) {
+	r.errorf("%v", err)
+	var ce *CommandError
+	if errors.As(err, &ce) {
+		return ce.Code, false
+	}
+	return ExitNotExecutable, false
+}
+
+// wait waits for the command, forwarding signals and honouring /stop,
+// and returns its exit code.
+func (r *run) wait() int {
+	c := r.child
+	var stopped <-chan struct{}
+	if r.srv != nil {
+		stopped = r.srv.StopRequested()
+	}
+	stopping := false
+	for {
+		select {
+		case <-c.done:
+			if c.foreground {
+				takeTerminalBack(r.o.Stdin)
+			}
+			code := c.exitCode()
+			if stopping {
+				// Stopped on request: a success, whatever the signal did.
+				return 0
+			}
+			return code
+		case sig := <-r.signals:
+			c.signal(sig.(syscall.Signal))
+		case <-stopped:
+			stopped = nil
+			stopping = true
+			go r.escalate(c)
+		}
+	}
+}
+
+// escalate stops the command: SIGINT, then SIGTERM and SIGKILL after the
+// grace period each.
+func (r *run) escalate(c *child) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGKILL} {
+		c.signal(sig)
+		select {
+		case <-c.done:
+			return
+		case <-time.After(r.cfg.StopGrace):
+		}
+	}
+}
+
+// finish stops sampling, takes the last sample, writes the file and
+// cleans up. code is the exit code so far.
+func (r *run) finish(code int) int {
+	r.stopLoop()
+	<-r.loopDone
+	r.smp.Sample()
+	sampleErr := r.st.Err()
+	if r.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		r.srv.Shutdown(ctx)
+		cancel()
+	}
+	// Ignore further signals while the file is written: it must be
+	// complete. (SIGKILL still ends statexec; the spool then remains.)
+	r.points = r.st.Points()
+	writeErr := r.st.WriteFile(r.cfg.MetricsFile, formatOf(r.cfg.Format))
+	summary := r.probe.Summary()
+	r.probe.Close()
+	r.probe = nil
+	if writeErr != nil {
+		r.st.Close()
+		r.errorf("write metrics file %s: %v; the samples are kept in %s (turn it into a file with: statexec recover %s)",
+			r.cfg.MetricsFile, writeErr, r.st.Path(), r.st.Path())
+		return failed(code)
+	}
+	r.st.Remove()
+	r.st = nil
+	if r.cfg.Summary {
+		r.printSummary(code, summary)
+	}
+	if sampleErr != nil {
+		r.errorf("some samples were lost: %v", sampleErr)
+		return failed(code)
+	}
+	return code
+}
+
+// failed turns a success into a failure, keeping a failure's own code.
+func failed(code int) int {
+	if code == 0 {
+		return 1
+	}
+	return code
+}
+
+// cleanup releases what setup acquired when setup failed.
+func (r *run) cleanup() {
+	if r.srv != nil {
+		r.srv.Shutdown(context.Background())
+	}
+	if r.probe != nil {
+		r.probe.Close()
+	}
+	if r.st != nil {
+		r.st.Remove()
+	}
+}
+
+// RecoveredName is where the spool of an interrupted run is recovered to.
+func RecoveredName(metricsFile, spool string) string {
+	stamp := time.Now()
+	if fi, err := os.Stat(spool); err == nil {
+		stamp = fi.ModTime()
+	}
+	return filepath.Join(filepath.Dir(metricsFile),
+		filepath.Base(metricsFile)+".recovered-"+stamp.UTC().Format("20060102T150405"))
+}
+
+// Recover turns a spool into a metrics file and removes the spool; it
+// returns the number of samples recovered.
+func Recover(spool, out string, format store.Format) (int, error) {
+	if stale, err := store.Stale(spool); err != nil {
+		return 0, err
+	} else if !stale {
+		return 0, fmt.Errorf("%s: %w", spool, os.ErrNotExist)
+	}
+	st, rec, err := store.Open(spool)
+	if err != nil {
+		return 0, err
+	}
+	if err := st.WriteFile(out, format); err != nil {
+		return 0, err
+	}
+	return rec.Points, os.Remove(spool)
+}

@@ -1,0 +1,9 @@
+package modes
+
+import (
+	"os/signal"
+	"syscall"
+)
+
+func ignoreTTOU()  { signal.Ignore(syscall.SIGTTOU) }
+func restoreTTOU() { signal.Reset(syscall.SIGTTOU) }

@@ -1,0 +1,107 @@
+// Package sampler takes the run's samples: it gathers the registry at
+// every tick (and on demand, when the command starts and ends) and appends
+// the result to the store with a timestamp on the run's time axis.
+package sampler
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/statexec/statexec/internal/store"
+)
+
+// Clock maps the monotonic time since the start of the run onto the
+// time axis of the file: timestamp = origin + (now - start). Using the
+// monotonic clock keeps timestamps increasing when the wall clock jumps.
+type Clock struct {
+	start    time.Time
+	originMs int64
+}
+
+// NewClock starts a clock now. originMs < 0 means the wall-clock time now.
+func NewClock(originMs int64) Clock {
+	start := time.Now()
+	if originMs < 0 {
+		originMs = start.UnixMilli()
+	}
+	return Clock{start: start, originMs: originMs}
+}
+
+// NowMs is the current timestamp in milliseconds.
+func (c Clock) NowMs() int64 { return c.originMs + time.Since(c.start).Milliseconds() }
+
+// Start is the monotonic start of the run.
+func (c Clock) Start() time.Time { return c.start }
+
+// Sampler gathers and stores samples. Safe for concurrent use.
+type Sampler struct {
+	mu       sync.Mutex
+	gatherer prometheus.Gatherer
+	store    *store.Store
+	clock    Clock
+	duration prometheus.Gauge
+	warn     io.Writer
+	lastTs   int64
+	warned   map[string]bool
+}
+
+// New returns a sampler; duration receives how long each gather took and
+// must be registered in the gathered registry.
+func New(g prometheus.Gatherer, st *store.Store, clock Clock, duration prometheus.Gauge, warn io.Writer) *Sampler {
+	return &Sampler{gatherer: g, store: st, clock: clock, duration: duration, warn: warn, lastTs: -1 << 62, warned: map[string]bool{}}
+}
+
+// Sample takes one sample now. Its timestamp is after the previous one's
+// (samples closer than 1 ms wait for the next millisecond), so each
+// series' timestamps strictly increase.
+func (s *Sampler) Sample() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ts := s.clock.NowMs()
+	for i := 0; ts <= s.lastTs && i < 5; i++ {
+		time.Sleep(time.Millisecond)
+		ts = s.clock.NowMs()
+	}
+	if ts <= s.lastTs {
+		return
+	}
+	began := time.Now()
+	mfs, err := s.gatherer.Gather()
+	if err != nil {
+		// Gather returns what it could; say once what it could not.
+		s.warnOnce("gather", fmt.Sprintf("statexec: some metrics could not be collected: %v", err))
+	}
+	s.duration.Set(time.Since(began).Seconds())
+	if err := s.store.Append(ts, mfs); err != nil {
+		s.warnOnce("store", fmt.Sprintf("statexec: metrics spool: %v; later samples are lost", err))
+		return
+	}
+	s.lastTs = ts
+}
+
+func (s *Sampler) warnOnce(key, msg string) {
+	if s.warned[key] {
+		return
+	}
+	s.warned[key] = true
+	fmt.Fprintln(s.warn, msg)
+}
+
+// Run samples every interval until ctx is done.
+func (s *Sampler) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.Sample()
+		}
+	}
+}

@@ -1,0 +1,376 @@
+// Package store keeps a run's samples on disk as they are taken, in an
+// append-only spool next to the metrics file, and turns the spool into the
+// final metrics file at the end (or after a crash, with Recover).
+//
+// Memory holds only what describes the series (names, labels, counts);
+// the points themselves live in the spool, so a run of any length costs
+// the same memory. A torn record at the end of a spool (statexec killed
+// while writing) is detected by its checksum and ignored: at most the
+// sample being written is lost.
+package store
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math"
+	"os"
+	"strings"
+
+	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sys/unix"
+)
+
+// Record kinds in the spool.
+const (
+	recFamily = 'F'
+	recSeries = 'S'
+	recTick   = 'T'
+)
+
+const spoolMagic = "statexec-spool-1\n"
+
+// maxRecord bounds a record's size when reading a spool back, so that a
+// corrupt length cannot make Recover allocate without limit.
+const maxRecord = 64 << 20
+
+type family struct {
+	name string
+	help string
+	typ  dto.MetricType
+	// series in first-seen order
+	series []int
+}
+
+type series struct {
+	family  int
+	labels  []*dto.LabelPair
+	bounds  []float64 // histogram bucket upper bounds
+	nvals   int       // values per point
+	points  int
+	lastTs  int64
+	hasLast bool
+}
+
+// Store is a run's sample store. It is not safe for concurrent use.
+type Store struct {
+	f        *os.File
+	w        *bufio.Writer
+	path     string
+	families []*family
+	famIndex map[string]int
+	series   []*series
+	serIndex map[string]int
+	ticks    int
+	err      error // first write error, sticky
+	buf      []byte
+}
+
+// ErrInUse means another live statexec holds the spool.
+var ErrInUse = errors.New("store: spool in use by another statexec run")
+
+// Create creates a new spool at path and locks it (flock) for the life of
+// the store, so that another run can tell a live spool from a stale one.
+// A stale spool at path must have been dealt with (see Stale) before.
+func Create(path string) (*Store, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("store: create spool: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s", ErrInUse, path)
+		}
+		return nil, fmt.Errorf("store: lock spool: %w", err)
+	}
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("store: create spool: %w", err)
+	}
+	s := newStore(path)
+	s.f = f
+	s.w = bufio.NewWriterSize(f, 64<<10)
+	if _, err := s.w.WriteString(spoolMagic); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("store: write spool: %w", err)
+	}
+	return s, s.flush()
+}
+
+// Stale reports whether a spool exists at path that no live statexec
+// holds: the spool of an interrupted run.
+func Stale(path string) (bool, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store: open spool: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return false, fmt.Errorf("%w: %s", ErrInUse, path)
+		}
+		return false, fmt.Errorf("store: lock spool: %w", err)
+	}
+	return true, nil
+}
+
+func newStore(path string) *Store {
+	return &Store{path: path, famIndex: map[string]int{}, serIndex: map[string]int{}}
+}
+
+// Path is the spool's path.
+func (s *Store) Path() string { return s.path }
+
+// Points is the number of points stored over all series.
+func (s *Store) Points() int {
+	n := 0
+	for _, se := range s.series {
+		n += se.points
+	}
+	return n
+}
+
+// Series is the number of series seen.
+func (s *Store) Series() int { return len(s.series) }
+
+// Ticks is the number of Append calls stored.
+func (s *Store) Ticks() int { return s.ticks }
+
+// Err is the first error met while writing the spool, if any. Appends
+// after an error keep the in-memory index consistent but write nothing.
+func (s *Store) Err() error { return s.err }
+
+// Append stores one sample of every metric in mfs at timestamp tsMs.
+// A point whose timestamp is not after its series' previous point is
+// dropped: timestamps of a series only increase.
+func (s *Store) Append(tsMs int64, mfs []*dto.MetricFamily) error {
+	tick := binary.AppendVarint([]byte{recTick}, tsMs)
+	count := 0
+	var body []byte
+	for _, mf := range mfs {
+		fi, err := s.familyFor(mf)
+		if err != nil {
+			return err
+		}
+		for _, m := range mf.Metric {
+			si := s.seriesFor(fi, mf, m)
+			se := s.series[si]
+			vals, ok := values(mf.GetType(), m, se)
+			if !ok {
+				continue
+			}
+			if se.hasLast && tsMs <= se.lastTs {
+				continue
+			}
+			se.lastTs, se.hasLast = tsMs, true
+			se.points++
+			body = binary.AppendUvarint(body, uint64(si))
+			for _, v := range vals {
+				body = binary.LittleEndian.AppendUint64(body, math.Float64bits(v))
+			}
+			count++
+		}
+	}
+	tick = binary.AppendUvarint(tick, uint64(count))
+	tick = append(tick, body...)
+	s.ticks++
+	s.writeRecord(tick)
+	return s.flush()
+}
+
+func (s *Store) familyFor(mf *dto.MetricFamily) (int, error) {
+	name := mf.GetName()
+	if fi, ok := s.famIndex[name]; ok {
+		if s.families[fi].typ != mf.GetType() {
+			return 0, fmt.Errorf("store: metric %s changed type", name)
+		}
+		return fi, nil
+	}
+	switch mf.GetType() {
+	case dto.MetricType_COUNTER, dto.MetricType_GAUGE, dto.MetricType_UNTYPED, dto.MetricType_HISTOGRAM:
+	default:
+		return 0, fmt.Errorf("store: metric %s: type %s not supported", name, mf.GetType())
+	}
+	fi := len(s.families)
+	s.families = append(s.families, &family{name: name, help: mf.GetHelp(), typ: mf.GetType()})
+	s.famIndex[name] = fi
+	rec := []byte{recFamily}
+	rec = appendString(rec, name)
+	rec = appendString(rec, mf.GetHelp())
+	rec = binary.AppendUvarint(rec, uint64(mf.GetType()))
+	s.writeRecord(rec)
+	return fi, nil
+}
+
+func seriesKey(fi int, labels []*dto.LabelPair) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d", fi)
+	for _, l := range labels {
+		b.WriteByte(0)
+		b.WriteString(l.GetName())
+		b.WriteByte(0)
+		b.WriteString(l.GetValue())
+	}
+	return b.String()
+}
+
+func (s *Store) seriesFor(fi int, mf *dto.MetricFamily, m *dto.Metric) int {
+	key := seriesKey(fi, m.Label)
+	if si, ok := s.serIndex[key]; ok {
+		return si
+	}
+	se := &series{family: fi, nvals: 1}
+	for _, l := range m.Label {
+		se.labels = append(se.labels, &dto.LabelPair{Name: ptr(l.GetName()), Value: ptr(l.GetValue())})
+	}
+	if mf.GetType() == dto.MetricType_HISTOGRAM {
+		for _, b := range m.GetHistogram().GetBucket() {
+			se.bounds = append(se.bounds, b.GetUpperBound())
+		}
+		se.nvals = 2 + len(se.bounds)
+	}
+	return s.addSeries(key, se)
+}
+
+func (s *Store) addSeries(key string, se *series) int {
+	si := len(s.series)
+	s.series = append(s.series, se)
+	s.serIndex[key] = si
+	s.families[se.family].series = append(s.families[se.family].series, si)
+	if s.f != nil {
+		rec := []byte{recSeries}
+		rec = binary.AppendUvarint(rec, uint64(se.family))
+		rec = binary.AppendUvarint(rec, uint64(len(se.labels)))
+		for _, l := range se.labels {
+			rec = appendString(rec, l.GetName())
+			rec = appendString(rec, l.GetValue())
+		}
+		rec = binary.AppendUvarint(rec, uint64(len(se.bounds)))
+		for _, b := range se.bounds {
+			rec = binary.LittleEndian.AppendUint64(rec, math.Float64bits(b))
+		}
+		s.writeRecord(rec)
+	}
+	return si
+}
+
+// values flattens one metric's point; ok is false if its shape does not
+// match the series (a histogram whose buckets changed).
+func values(t dto.MetricType, m *dto.Metric, se *series) ([]float64, bool) {
+	switch t {
+	case dto.MetricType_COUNTER:
+		return []float64{m.GetCounter().GetValue()}, true
+	case dto.MetricType_GAUGE:
+		return []float64{m.GetGauge().GetValue()}, true
+	case dto.MetricType_UNTYPED:
+		return []float64{m.GetUntyped().GetValue()}, true
+	case dto.MetricType_HISTOGRAM:
+		h := m.GetHistogram()
+		if len(h.GetBucket()) != len(se.bounds) {
+			return nil, false
+		}
+		v := []float64{float64(h.GetSampleCount()), h.GetSampleSum()}
+		for i, b := range h.GetBucket() {
+			if b.GetUpperBound() != se.bounds[i] {
+				return nil, false
+			}
+			v = append(v, float64(b.GetCumulativeCount()))
+		}
+		return v, true
+	}
+	return nil, false
+}
+
+// writeRecord frames rec as length, CRC-32, payload.
+func (s *Store) writeRecord(rec []byte) {
+	if s.w == nil || s.err != nil {
+		return
+	}
+	s.buf = binary.AppendUvarint(s.buf[:0], uint64(len(rec)))
+	s.buf = binary.LittleEndian.AppendUint32(s.buf, crc32.ChecksumIEEE(rec))
+	if _, err := s.w.Write(s.buf); err != nil {
+		s.err = fmt.Errorf("store: write spool: %w", err)
+		return
+	}
+	if _, err := s.w.Write(rec); err != nil {
+		s.err = fmt.Errorf("store: write spool: %w", err)
+	}
+}
+
+// flush pushes buffered records to the kernel, so that they survive the
+// process being killed.
+func (s *Store) flush() error {
+	if s.w == nil {
+		return s.err
+	}
+	if s.err == nil {
+		if err := s.w.Flush(); err != nil {
+			s.err = fmt.Errorf("store: write spool: %w", err)
+		}
+	}
+	return s.err
+}
+
+// Close closes the spool file (it stays on disk; see Remove).
+func (s *Store) Close() error {
+	if s.f == nil {
+		return nil
+	}
+	s.flush()
+	err := s.f.Close()
+	s.f = nil
+	return err
+}
+
+// Remove closes and deletes the spool.
+func (s *Store) Remove() error {
+	s.Close()
+	return os.Remove(s.path)
+}
+
+func appendString(b []byte, str string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(str)))
+	return append(b, str...)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// recordReader reads framed records; a torn or corrupt record ends it.
+type recordReader struct {
+	r   *bufio.Reader
+	buf []byte
+}
+
+var errTorn = errors.New("torn record")
+
+func (rr *recordReader) next() ([]byte, error) {
+	n, err := binary.ReadUvarint(rr.r)
+	if err == io.EOF {
+		return nil, io.EOF
+	}
+	if err != nil || n == 0 || n > maxRecord {
+		return nil, errTorn
+	}
+	var crc [4]byte
+	if _, err := io.ReadFull(rr.r, crc[:]); err != nil {
+		return nil, errTorn
+	}
+	if cap(rr.buf) < int(n) {
+		rr.buf = make([]byte, n)
+	}
+	rr.buf = rr.buf[:n]
+	if _, err := io.ReadFull(rr.r, rr.buf); err != nil {
+		return nil, errTorn
+	}
+	if crc32.ChecksumIEEE(rr.buf) != binary.LittleEndian.Uint32(crc[:]) {
+		return nil, errTorn
+	}
+	return rr.buf, nil
+}
