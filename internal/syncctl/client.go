@@ -1,0 +1,277 @@
+package syncctl
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unicode/utf8"
+)
+
+// Client defaults.
+const (
+	DefaultTimeout        = 30 * time.Second
+	DefaultAttemptTimeout = 5 * time.Second
+
+	minBackoff   = 100 * time.Millisecond
+	maxBackoff   = time.Second
+	maxReplyBody = 1 << 10
+	maxReplyMsg  = 200 // runes of the server's answer kept in errors
+)
+
+// ClientOptions configure Send.
+type ClientOptions struct {
+	Token string
+	// Timeout bounds the retries while the server is not reachable yet
+	// (SE_SYNC_TIMEOUT, default 30s).
+	Timeout time.Duration
+	// AttemptTimeout bounds one attempt (connect, send, read the answer);
+	// default 5s. Connecting is also bounded by Timeout.
+	AttemptTimeout time.Duration
+}
+
+// StatusError is returned by Send when the server answered with a status
+// that is not a success for the action.
+type StatusError struct {
+	URL        string // the full URL posted to
+	StatusCode int    // e.g. 409
+	Status     string // e.g. "409 Conflict"
+	Message    string // first line of the server's answer, may be ""
+}
+
+func (e *StatusError) Error() string {
+	msg := "syncctl: POST " + e.URL + ": " + e.Status
+	if e.Message != "" {
+		msg += ": " + e.Message
+	}
+	return msg
+}
+
+// Send posts an empty body to baseURL+"/"+action (action is "start" or
+// "stop"; baseURL is like "http://host:8080", a trailing slash is fine),
+// with "Authorization: Bearer <Token>" if opts.Token is set.
+//
+// It returns nil for 201 (start) and 200/201/202/204 (stop). Any other
+// answer gives a *StatusError such as
+// "syncctl: POST http://h:8080/start: 409 Conflict: already started";
+// answers are never retried.
+//
+// Connection errors (refused, reset before an answer, connect timeouts, DNS
+// not resolvable yet) are retried with a backoff growing from 100ms to 1s
+// until opts.Timeout (default 30s), then Send gives up with
+// "syncctl: POST <url>: server not reachable after 30s (N attempts): <last error>".
+// A request that was sent but got no answer within opts.AttemptTimeout is not
+// retried (the server may have acted on it). Cancelling ctx stops Send
+// promptly with an error wrapping ctx.Err().
+func Send(ctx context.Context, baseURL, action string, opts ClientOptions) error {
+	if action != "start" && action != "stop" {
+		return fmt.Errorf("syncctl: unknown action %q: want start or stop", action)
+	}
+	target, err := actionURL(baseURL, action)
+	if err != nil {
+		return err
+	}
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	attemptTimeout := opts.AttemptTimeout
+	if attemptTimeout <= 0 {
+		attemptTimeout = DefaultAttemptTimeout
+	}
+	deadline := time.Now().Add(timeout)
+
+	dialer := &net.Dialer{Timeout: attemptTimeout}
+	tr := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithDeadline(ctx, deadline)
+			defer cancel()
+			return dialer.DialContext(ctx, network, addr)
+		},
+		TLSHandshakeTimeout:   attemptTimeout,
+		ResponseHeaderTimeout: attemptTimeout,
+		DisableKeepAlives:     true, // one request per connection: nothing left behind
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{
+		Transport: tr,
+		// Do not follow redirects: a POST would become a GET.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+
+	backoff := minBackoff
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		done, written, err := post(ctx, client, target, action, opts.Token, attemptTimeout)
+		if done {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
+		}
+		if !retryable(err, written) {
+			if written {
+				return fmt.Errorf("syncctl: POST %s: request sent but no answer (the server may have acted on it): %w", target, err)
+			}
+			return fmt.Errorf("syncctl: POST %s: %w", target, err)
+		}
+		// An attempt cut short by our own deadline says less than the
+		// previous error (usually "connection refused").
+		if lastErr == nil || time.Now().Before(deadline) {
+			lastErr = err
+		}
+		giveUp := func() error {
+			return fmt.Errorf("syncctl: POST %s: server not reachable after %s (%d attempts): %w", target, timeout, attempt, lastErr)
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return giveUp()
+		}
+		t := time.NewTimer(min(backoff, remaining))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
+		case <-t.C:
+		}
+		if !time.Now().Before(deadline) {
+			return giveUp()
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// post makes one attempt. done reports that Send must return err (nil on
+// success): the server answered, or the request could not even be built.
+// Otherwise err is a transport error and written tells whether the request
+// had been sent in full.
+func post(ctx context.Context, client *http.Client, target, action, token string, timeout time.Duration) (done, written bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var wrote atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				wrote.Store(true)
+			}
+		},
+	})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, http.NoBody)
+	if err != nil {
+		return true, false, fmt.Errorf("syncctl: POST %s: %w", target, err)
+	}
+	req.Header.Set("User-Agent", "statexec-syncctl")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			err = ue.Err // drop the `Post "http://...":` prefix; we add our own
+		}
+		return false, wrote.Load(), err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxReplyBody))
+	if success(action, resp.StatusCode) {
+		return true, true, nil
+	}
+	status := resp.Status
+	if status == "" {
+		status = strconv.Itoa(resp.StatusCode)
+	}
+	return true, true, &StatusError{
+		URL:        target,
+		StatusCode: resp.StatusCode,
+		Status:     status,
+		Message:    replyMessage(body),
+	}
+}
+
+func success(action string, code int) bool {
+	switch code {
+	case http.StatusCreated:
+		return true
+	case http.StatusOK, http.StatusAccepted, http.StatusNoContent:
+		return action == "stop"
+	}
+	return false
+}
+
+// retryable reports whether a transport error means "no server there yet".
+func retryable(err error, written bool) bool {
+	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
+		return false
+	}
+	if _, ok := errors.AsType[tls.RecordHeaderError](err); ok {
+		return false
+	}
+	if !written {
+		return true // refused, DNS, connect timeout, reset while sending...
+	}
+	// Sent, then the connection was closed without an answer: a port
+	// forwarder (docker-proxy, ssh -L) with nothing behind it yet. A
+	// timeout waiting for the answer is not retried.
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// actionURL checks baseURL and appends "/"+action to its path.
+func actionURL(baseURL, action string) (string, error) {
+	bad := func(why string) error {
+		return fmt.Errorf("syncctl: invalid URL %q: %s (want e.g. http://host:8080)", baseURL, why)
+	}
+	u, err := url.Parse(strings.TrimSpace(baseURL))
+	if err != nil {
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			err = ue.Err
+		}
+		return "", bad(err.Error())
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		if u.Scheme == "" {
+			return "", bad("no scheme")
+		}
+		return "", bad("scheme must be http or https")
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return "", bad("no host")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return "", bad("bad port")
+		}
+	}
+	if u.User != nil {
+		return "", bad("user info is not supported (use SE_SYNC_TOKEN)")
+	}
+	u.Path = strings.TrimRight(u.Path, "/") + "/" + action
+	u.RawPath = ""
+	u.Fragment, u.RawFragment = "", ""
+	return u.String(), nil
+}
+
+// replyMessage is the first line of a server answer, made safe for an error
+// message.
+func replyMessage(body []byte) string {
+	if !utf8.Valid(body) {
+		body = []byte(strings.ToValidUTF8(string(body), "?"))
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(body)), "\n")
+	line = oneLine(line)
+	if utf8.RuneCountInString(line) > maxReplyMsg {
+		line = string([]rune(line)[:maxReplyMsg]) + "..."
+	}
+	return line
+}

@@ -1,0 +1,36 @@
+// Package syncctl is the HTTP rendezvous of the synchronised modes: a server
+// (waitStart, waitStartAndStop) that starts and stops the command on
+// POST /start and POST /stop, and a client (syncStart, syncStartAndStop)
+// that sends those requests.
+//
+// API CONTRACT (used by internal/modes; keep the exported names stable).
+//
+// # Server protocol
+//
+// Every response body is one line of plain text saying what happened
+// (except 204, which has no body, and GET /status, which is JSON).
+//
+//	request        waiting            running                 finished        failed
+//	POST /start    201 started (*)    409 already started     409 (**)        500 start failed: <err>
+//	POST /stop     412 not started    202 stopping (***)      204 (no body)   412 not started
+//	               (second /stop while running: 409 already stopping)
+//	GET  /status   200 JSON, see [Status]
+//
+//	(*)   or 500 "start failed: <err>" if the Start callback fails; the state
+//	      becomes "failed" and Start is never called again.
+//	(**)  "already started (command finished)" - the command ran already.
+//	(***) 202 Accepted: Stop has been called (the signal is sent) but the
+//	      command may still be ending.
+//
+// Other rules, checked in this order:
+//   - unknown paths: 404.
+//   - POST /stop on a waitStart server (AllowStop false): 404 "stop not
+//     enabled" - the endpoint does not exist there, which is clearer than a
+//     405 whose Allow header would have to be empty.
+//   - other methods: 405 with an Allow header ("POST", or "GET, HEAD" for
+//     /status).
+//   - request bodies are ignored; more than 1 KiB of body gets 413 and
+//     nothing happens.
+//   - with a Token: no or a wrong "Authorization: Bearer <token>" gets 401
+//     and nothing happens (GET /status included).
+package syncctl
