@@ -256,8 +256,11 @@ func actionURL(baseURL, action string) (string, error) {
 	if u.User != nil {
 		return "", bad("user info is not supported (use SE_SYNC_TOKEN)")
 	}
-	u.Path = strings.TrimRight(u.Path, "/") + "/" + action
-	u.RawPath = ""
+	raw := strings.TrimRight(u.EscapedPath(), "/") + "/" + action
+	if u.Path, err = url.PathUnescape(raw); err != nil {
+		return "", bad(err.Error())
+	}
+	u.RawPath = raw
 	u.Fragment, u.RawFragment = "", ""
 	return u.String(), nil
 }
