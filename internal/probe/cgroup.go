@@ -1,0 +1,281 @@
+package probe
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// cgroupPrefix names the directories statexec creates: statexec-<pid>-<random>.
+// The pid lets a later run recognise directories whose owner died (SIGKILL)
+// and remove them.
+const cgroupPrefix = "statexec-"
+
+// Bounds for the cleanup loops: a cgroup.kill is delivered synchronously,
+// but the tasks still have to run their exit path before rmdir succeeds.
+const (
+	cgroupDrainTimeout = 5 * time.Second
+	cgroupPollMin      = 500 * time.Microsecond
+	cgroupPollMax      = 20 * time.Millisecond
+)
+
+// cgroup is the run's cgroup v2 directory.
+type cgroup struct {
+	path string
+	dir  *os.File // O_DIRECTORY handle: the CgroupFD of CLONE_INTO_CGROUP
+	id   uint64   // inode number == the kernel's cgroup id seen by BPF
+}
+
+// cgroup2Mount returns the mount point of the cgroup v2 hierarchy
+// (/sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid ones).
+func cgroup2Mount() (string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	for line := range strings.Lines(string(data)) {
+		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - cgroup2 cgroup2 rw
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		if f := strings.Fields(post); len(f) == 0 || f[0] != "cgroup2" {
+			continue
+		}
+		if f := strings.Fields(pre); len(f) >= 5 {
+			return unescapeMountinfo(f[4]), nil
+		}
+	}
+	return "", errors.New("no cgroup2 mount")
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for space ...) of
+// /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// selfCgroup returns the current process's cgroup v2 path ("0::/path").
+func selfCgroup() string {
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "/"
+	}
+	for line := range strings.Lines(string(data)) {
+		if p, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
+			return p
+		}
+	}
+	return "/"
+}
+
+// cgroupParents lists where a run's cgroup may be created, best first:
+// next to statexec in its own cgroup (delegated subtrees work there), then
+// at the root of the hierarchy.
+func cgroupParents(mount string) []string {
+	parents := []string{}
+	if own := filepath.Join(mount, filepath.Clean("/"+selfCgroup())); own != mount {
+		parents = append(parents, own)
+	}
+	return append(parents, mount)
+}
+
+// createCgroup makes the run's cgroup directory.
+func createCgroup() (*cgroup, error) {
+	mount, err := cgroup2Mount()
+	if err != nil {
+		return nil, err
+	}
+	var rnd [4]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, err
+	}
+	name := fmt.Sprintf("%s%d-%s", cgroupPrefix, os.Getpid(), hex.EncodeToString(rnd[:]))
+	var firstErr error
+	for _, parent := range cgroupParents(mount) {
+		path := filepath.Join(parent, name)
+		if err := os.Mkdir(path, 0o755); err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		cg, err := openCgroup(path)
+		if err != nil {
+			_ = os.Remove(path)
+			return nil, err
+		}
+		return cg, nil
+	}
+	return nil, firstErr
+}
+
+func openCgroup(path string) (*cgroup, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		_ = unix.Close(fd)
+		return nil, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	return &cgroup{path: path, dir: os.NewFile(uintptr(fd), path), id: st.Ino}, nil
+}
+
+// fd is the directory descriptor for SysProcAttr.CgroupFD.
+func (c *cgroup) fd() int { return int(c.dir.Fd()) }
+
+// remove kills every task left in the cgroup and removes the directory.
+func (c *cgroup) remove() error {
+	err := removeCgroupDir(c.path)
+	if cerr := c.dir.Close(); err == nil && cerr != nil && !errors.Is(cerr, os.ErrClosed) {
+		err = cerr
+	}
+	return err
+}
+
+// removeCgroupDir writes 1 to cgroup.kill (SIGKILL to every task, including
+// ones forked while it runs), waits until the cgroup is empty and removes it.
+// Every loop is bounded by cgroupDrainTimeout.
+func removeCgroupDir(path string) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	deadline := time.Now().Add(cgroupDrainTimeout)
+	killed := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0) == nil
+	wait := cgroupPollMin
+	for {
+		pids, err := readPids(filepath.Join(path, "cgroup.procs"))
+		if err == nil && len(pids) == 0 {
+			// Zombies are not listed and do not keep the cgroup
+			// populated; rmdir can still race with exiting tasks.
+			err = syscall.Rmdir(path)
+			if err == nil || errors.Is(err, syscall.ENOENT) {
+				return nil
+			}
+			if !errors.Is(err, syscall.EBUSY) {
+				return &os.PathError{Op: "rmdir", Path: path, Err: err}
+			}
+		} else if errors.Is(err, os.ErrNotExist) {
+			return nil
+		} else if !killed {
+			// Kernels before 5.14 have no cgroup.kill.
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("remove %s: tasks still present after %v", path, cgroupDrainTimeout)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, cgroupPollMax)
+	}
+}
+
+// readPids parses a cgroup.procs / cgroup.threads file.
+func readPids(path string) ([]int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		if pid, err := strconv.Atoi(strings.TrimSpace(sc.Text())); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+// countLines counts the entries of cgroup.procs / cgroup.threads without
+// parsing them.
+func countLines(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return bytes.Count(data, []byte{'\n'}), nil
+}
+
+// CleanStale removes statexec-<pid>-* cgroups whose statexec process no
+// longer exists (it was killed with SIGKILL and could not clean up), killing
+// whatever still runs in them. root is the cgroup2 mount; "" finds it. It
+// looks at the mount's top level and at the current process's own cgroup,
+// the two places Start creates them. Start calls it.
+func CleanStale(root string) error {
+	if root == "" {
+		m, err := cgroup2Mount()
+		if err != nil {
+			return fmt.Errorf("probe: clean stale cgroups: %w", err)
+		}
+		root = m
+	}
+	var errs []error
+	for _, parent := range cgroupParents(root) {
+		entries, err := os.ReadDir(parent)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			pid, ok := stalePid(e)
+			if !ok || pid == os.Getpid() || processExists(pid) {
+				continue
+			}
+			if err := removeCgroupDir(filepath.Join(parent, e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("probe: clean stale cgroups: %w", err)
+	}
+	return nil
+}
+
+func stalePid(e os.DirEntry) (int, bool) {
+	if !e.IsDir() {
+		return 0, false
+	}
+	rest, ok := strings.CutPrefix(e.Name(), cgroupPrefix)
+	if !ok {
+		return 0, false
+	}
+	pidStr, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(pidStr)
+	return pid, err == nil && pid > 0
+}
+
+func processExists(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}

@@ -1,0 +1,113 @@
+package probe
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestCleanup: after Close the cgroup is gone and nothing of the tree
+// runs, even a grandchild that ignores SIGTERM and outlives the root.
+func TestCleanup(t *testing.T) {
+	for _, mode := range []Mode{ModeEBPF, ModePlain} {
+		t.Run(string(mode), func(t *testing.T) {
+			requireRoot(t)
+			s, err := Start(Options{Mode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := s.CgroupPath()
+			if path == "" {
+				t.Fatal("no cgroup as root")
+			}
+			cmd := shellCommand(s, `sh -c 'trap "" TERM; sleep 1000' & sleep 1000`)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			s.CommandStarted(cmd.Process.Pid)
+
+			var pids []int
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && len(pids) < 3; time.Sleep(5 * time.Millisecond) {
+				pids, _ = readPids(filepath.Join(path, "cgroup.procs"))
+			}
+			if len(pids) < 3 {
+				t.Fatalf("tree did not start: pids %v", pids)
+			}
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+			s.CommandEnded()
+
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatalf("second Close: %v", err)
+			}
+			cgroupGone(t, path)
+			for _, pid := range pids {
+				if procRunning(pid) {
+					t.Errorf("pid %d of the tree still runs after Close", pid)
+				}
+			}
+			// Final values stay collectable after Close.
+			m := metrics(t, s)
+			if m[fmt.Sprintf("statexec_probe_info{backend=%s}", mode)] != 1 {
+				t.Errorf("no probe info after Close: %v", m)
+			}
+		})
+	}
+}
+
+// TestCleanStale: a cgroup left by a statexec killed with SIGKILL (its pid
+// is gone) is removed by the next run, with whatever still ran in it.
+func TestCleanStale(t *testing.T) {
+	requireRoot(t)
+	mount, _ := cgroup2Mount()
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(mount, fmt.Sprintf("%s%d-deadbeef", cgroupPrefix, dead.Process.Pid))
+	if err := os.Mkdir(stale, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = removeCgroupDir(stale) })
+	cg, err := openCgroup(stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leftover := exec.Command("sleep", "1000")
+	leftover.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.fd()}
+	if err := leftover.Start(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cg.dir.Close()
+	waited := make(chan struct{})
+	go func() { _ = leftover.Wait(); close(waited) }()
+
+	// Ours (this pid is alive) must survive.
+	s, err := Start(Options{Mode: ModePlain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale cgroup %s survived Start: %v", stale, err)
+	}
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Errorf("process in the stale cgroup was not killed")
+	}
+	if err := CleanStale(""); err != nil {
+		t.Errorf("CleanStale: %v", err)
+	}
+	if _, err := os.Stat(s.CgroupPath()); err != nil {
+		t.Errorf("CleanStale removed a live run's cgroup: %v", err)
+	}
+}

@@ -1,0 +1,118 @@
+package probe
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// histSlots mirrors HIST_SLOTS in bpf/statexec.bpf.c.
+const histSlots = len(statexecTreeCounters{}.RunqHist)
+
+// bpfProbes are the loaded and attached programs of one run.
+type bpfProbes struct {
+	objs  statexecObjects
+	links []link.Link
+	cpus  []statexecTreeCounters // reused per-CPU read buffer
+}
+
+// loadBPF loads the programs filtered to cg and attaches them: tp_btf
+// tracepoints globally (they filter by cgroup id), cgroup_skb on cg itself.
+// On error everything opened so far is closed.
+func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
+	// A no-op on kernels with memcg accounting of BPF memory (>= 5.11).
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
+	}
+	spec, err := loadStatexec()
+	if err != nil {
+		return nil, fmt.Errorf("parse BPF objects: %w", err)
+	}
+	v, ok := spec.Variables["target_cgid"]
+	if !ok {
+		return nil, errors.New("BPF object has no target_cgid")
+	}
+	if err := v.Set(cg.id); err != nil {
+		return nil, err
+	}
+	b := &bpfProbes{}
+	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
+		return nil, fmt.Errorf("load BPF: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			b.Close()
+		}
+	}()
+
+	for _, p := range []*ebpf.Program{
+		b.objs.OnSchedSwitch,
+		b.objs.OnSchedWakeup,
+		b.objs.OnSchedWakeupNew,
+		b.objs.OnSchedProcessFork,
+		b.objs.OnSchedProcessExit,
+	} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		if err != nil {
+			return nil, fmt.Errorf("attach %s: %w", p, err)
+		}
+		b.links = append(b.links, l)
+	}
+	for _, a := range []struct {
+		prog   *ebpf.Program
+		attach ebpf.AttachType
+	}{
+		{b.objs.CountEgress, ebpf.AttachCGroupInetEgress},
+		{b.objs.CountIngress, ebpf.AttachCGroupInetIngress},
+	} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cg.path, Attach: a.attach, Program: a.prog})
+		if err != nil {
+			return nil, fmt.Errorf("attach %s: %w", a.prog, err)
+		}
+		b.links = append(b.links, l)
+	}
+	return b, nil
+}
+
+// read sums the per-CPU counters.
+func (b *bpfProbes) read() (statexecTreeCounters, error) {
+	var sum statexecTreeCounters
+	if err := b.objs.Counters.Lookup(uint32(0), &b.cpus); err != nil {
+		return sum, fmt.Errorf("read BPF counters: %w", err)
+	}
+	for i := range b.cpus {
+		c := &b.cpus[i]
+		sum.TxBytes += c.TxBytes
+		sum.TxPackets += c.TxPackets
+		sum.RxBytes += c.RxBytes
+		sum.RxPackets += c.RxPackets
+		sum.CpuNs += c.CpuNs
+		sum.VoluntarySwitches += c.VoluntarySwitches
+		sum.InvoluntarySwitches += c.InvoluntarySwitches
+		sum.RunqWaitNs += c.RunqWaitNs
+		sum.RunqWaits += c.RunqWaits
+		sum.TasksCreated += c.TasksCreated
+		sum.ProcsCreated += c.ProcsCreated
+		sum.TasksExited += c.TasksExited
+		sum.ProcsExited += c.ProcsExited
+		for j := range c.RunqHist {
+			sum.RunqHist[j] += c.RunqHist[j]
+		}
+	}
+	return sum, nil
+}
+
+// Close detaches and unloads everything. Idempotent.
+func (b *bpfProbes) Close() error {
+	var errs []error
+	for _, l := range b.links {
+		errs = append(errs, l.Close())
+	}
+	b.links = nil
+	errs = append(errs, b.objs.Close())
+	b.objs = statexecObjects{}
+	return errors.Join(errs...)
+}

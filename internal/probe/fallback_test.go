@@ -1,0 +1,112 @@
+package probe
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// fallbackHelper runs in an unprivileged child: auto mode must fall back
+// with one notice, ebpf mode must fail.
+func fallbackHelper() error {
+	s, err := Start(Options{Mode: ModeAuto, Notice: os.Stderr})
+	if err != nil {
+		return fmt.Errorf("auto mode failed: %w", err)
+	}
+	fmt.Printf("backend=%s\n", s.Backend())
+	if err := s.Close(); err != nil {
+		return err
+	}
+	s, err = Start(Options{Mode: ModeEBPF, Notice: os.Stderr})
+	if err == nil {
+		s.Close()
+		fmt.Println("ebpf-error=<nil>")
+		return nil
+	}
+	fmt.Printf("ebpf-error=%v\n", strings.ReplaceAll(err.Error(), "\n", " "))
+	return nil
+}
+
+func TestFallbackWithoutPrivileges(t *testing.T) {
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv not installed")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to drop privileges")
+	}
+	// A copy of the test binary that nobody can execute (go test's
+	// build directory is private).
+	dir, err := os.MkdirTemp("", "probe-fallback-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "probe.test")
+	if err := copyFile(os.Args[0], bin); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		// root without any capability: mkdir of the cgroup works (the
+		// owner is root), BPF load does not.
+		{"root-no-caps", []string{"--inh-caps=-all", "--bounding-set=-all"}},
+		// nobody: not even the cgroup.
+		{"nobody", []string{"--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cmd := exec.Command("setpriv", append(c.args, "--", bin)...)
+			cmd.Env = append(os.Environ(), helperEnv+"=fallback")
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("helper: %v\nstdout: %s\nstderr: %s", err, &stdout, &stderr)
+			}
+			t.Logf("stdout: %s", &stdout)
+			t.Logf("stderr: %s", &stderr)
+			out := stdout.String()
+			if !strings.Contains(out, "backend=plain\n") {
+				t.Errorf("auto mode did not fall back to plain: %q", out)
+			}
+			if !strings.Contains(out, "ebpf-error=probe: ") {
+				t.Errorf("ebpf mode did not fail: %q", out)
+			}
+			lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n")
+			if len(lines) != 1 {
+				t.Fatalf("want exactly one notice line, got %d: %q", len(lines), stderr.String())
+			}
+			l := lines[0]
+			if !strings.HasPrefix(l, "statexec: eBPF probes unavailable (") ||
+				!strings.HasSuffix(l, "); per-process network and scheduler metrics are off, using plain /proc metrics") {
+				t.Errorf("notice = %q", l)
+			}
+		})
+	}
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

@@ -1,0 +1,412 @@
+package probe
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Bounds of one /proc sample, so a fork bomb cannot make Collect unbounded.
+const (
+	maxTreeProcs      = 16384
+	maxThreadsPerScan = 8192
+	maxProcScan       = 1 << 20 // /proc entries read when there is no cgroup
+	maxAbsorbDepth    = 64
+)
+
+// userHZ is USER_HZ, the unit of the times in /proc/PID/stat. It is 100 on
+// every Linux ABI Go supports (the kernel exports it as a constant).
+const userHZ = 100
+
+// procID identifies a process across pid reuse.
+type procID struct {
+	pid   int
+	start uint64 // starttime, field 22 of /proc/PID/stat
+}
+
+// procValues are one process's cumulative counters.
+type procValues struct {
+	// utime+cutime, stime+cstime in clock ticks: the process's threads,
+	// dead or alive, plus the children it reaped.
+	cpuTicks [2]uint64
+	// /proc/PID/io read_bytes/write_bytes: like the CPU times they
+	// include the process's dead threads and its reaped children.
+	readBytes, writeBytes uint64
+	// Context switches of the live threads only: the kernel exposes no
+	// per-process total of dead threads or reaped children.
+	vcs, ivcs uint64
+}
+
+func (v *procValues) add(o procValues, withInherited bool) {
+	v.vcs += o.vcs
+	v.ivcs += o.ivcs
+	if withInherited {
+		v.cpuTicks[0] += o.cpuTicks[0]
+		v.cpuTicks[1] += o.cpuTicks[1]
+		v.readBytes += o.readBytes
+		v.writeBytes += o.writeBytes
+	}
+}
+
+type procState struct {
+	ppid int
+	last procValues
+	gen  uint64
+}
+
+// plainTotals are the tree's values from /proc and cgroup files.
+type plainTotals struct {
+	userSec, sysSec       float64
+	readBytes, writeBytes uint64
+	vcs, ivcs             uint64
+	rss, rssPeak          uint64
+	procs, threads        uint64
+}
+
+// plainSampler follows the command's tree through /proc. Counters of
+// processes that are gone are kept: either a parent in the tree reaped them
+// (then the parent's cutime/io include them) or their last values are banked.
+type plainSampler struct {
+	root     int
+	cg       *cgroup // nil when there is no cgroup: walk ppid links instead
+	pageSize uint64
+
+	procs  map[procID]*procState
+	banked procValues
+	gen    uint64
+	out    plainTotals // never decreases (counters) / peak
+
+	// floor is the root's rusage as seen by statexec when it reaped it
+	// (RUSAGE_CHILDREN delta): the exact tree total for everything the
+	// tree reaped itself. statexec has a single child, the command.
+	floor       unix.Rusage
+	haveFloor   bool
+	usageBefore unix.Rusage
+}
+
+func newPlainSampler(cg *cgroup) *plainSampler {
+	return &plainSampler{
+		cg:       cg,
+		pageSize: uint64(os.Getpagesize()),
+		procs:    make(map[procID]*procState),
+	}
+}
+
+func (p *plainSampler) started(pid int) {
+	p.root = pid
+	_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &p.usageBefore)
+}
+
+func (p *plainSampler) ended() {
+	var after unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_CHILDREN, &after) != nil {
+		return
+	}
+	b := &p.usageBefore
+	p.floor = unix.Rusage{
+		Utime:  unix.NsecToTimeval(after.Utime.Nano() - b.Utime.Nano()),
+		Stime:  unix.NsecToTimeval(after.Stime.Nano() - b.Stime.Nano()),
+		Nvcsw:  after.Nvcsw - b.Nvcsw,
+		Nivcsw: after.Nivcsw - b.Nivcsw,
+	}
+	p.haveFloor = true
+}
+
+// sample reads the tree once and returns the updated totals.
+func (p *plainSampler) sample() plainTotals {
+	if p.root == 0 {
+		return p.out
+	}
+	p.gen++
+	var pids []int
+	if p.cg != nil {
+		pids, _ = readPids(filepath.Join(p.cg.path, "cgroup.procs"))
+	} else {
+		pids = p.walkTree()
+	}
+	if len(pids) > maxTreeProcs {
+		pids = pids[:maxTreeProcs]
+	}
+
+	var live procValues
+	var rss, hwm, threads, procs uint64
+	threadBudget := maxThreadsPerScan
+	for _, pid := range pids {
+		st, ok := readStat(pid)
+		if !ok {
+			continue
+		}
+		procs++
+		threads += st.threads
+		rss += st.rssPages * p.pageSize
+		v := procValues{
+			cpuTicks: [2]uint64{st.utime + st.cutime, st.stime + st.cstime},
+		}
+		v.readBytes, v.writeBytes = readIO(pid)
+		var h uint64
+		if st.threads > 1 && threadBudget > 0 {
+			v.vcs, v.ivcs, h = readThreadsStatus(pid, &threadBudget)
+		} else {
+			v.vcs, v.ivcs, h = readStatus(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+		}
+		hwm = max(hwm, h)
+		id := procID{pid, st.start}
+		ps := p.procs[id]
+		if ps == nil {
+			ps = &procState{}
+			p.procs[id] = ps
+		}
+		ps.ppid, ps.last, ps.gen = st.ppid, v, p.gen
+		live.add(v, true)
+	}
+	p.bankVanished()
+
+	total := p.banked
+	total.add(live, true)
+	o := &p.out
+	o.userSec = max(o.userSec, float64(total.cpuTicks[0])/userHZ)
+	o.sysSec = max(o.sysSec, float64(total.cpuTicks[1])/userHZ)
+	if p.cg != nil {
+		// cpu.stat is exact (scheduler runtime, split like rusage)
+		// and includes every task that ever ran in the cgroup.
+		if u, s, ok := readCPUStat(filepath.Join(p.cg.path, "cpu.stat")); ok {
+			o.userSec, o.sysSec = max(o.userSec, u), max(o.sysSec, s)
+		}
+		if n, err := countLines(filepath.Join(p.cg.path, "cgroup.threads")); err == nil {
+			threads = uint64(n)
+		}
+	}
+	o.readBytes = max(o.readBytes, total.readBytes)
+	o.writeBytes = max(o.writeBytes, total.writeBytes)
+	o.vcs = max(o.vcs, total.vcs)
+	o.ivcs = max(o.ivcs, total.ivcs)
+	if p.haveFloor {
+		f := &p.floor
+		if p.cg == nil {
+			o.userSec = max(o.userSec, time.Duration(f.Utime.Nano()).Seconds())
+			o.sysSec = max(o.sysSec, time.Duration(f.Stime.Nano()).Seconds())
+		}
+		o.vcs = max(o.vcs, uint64(f.Nvcsw))
+		o.ivcs = max(o.ivcs, uint64(f.Nivcsw))
+	}
+	o.rss, o.procs, o.threads = rss, procs, threads
+	// A single process's high-water mark is a lower bound of the tree's
+	// peak and catches spikes between two samples.
+	o.rssPeak = max(o.rssPeak, rss, hwm)
+	return *o
+}
+
+// bankVanished keeps the last values of processes not seen in this sample.
+// CPU time and I/O move into the parent's counters when a parent in the
+// tree reaps the process, so those are banked only when no such parent
+// absorbed them; context switches are always banked.
+func (p *plainSampler) bankVanished() {
+	byPid := make(map[int]*procState, len(p.procs))
+	for id, ps := range p.procs {
+		byPid[id.pid] = ps
+	}
+	var absorbed func(ps *procState, depth int) bool
+	absorbed = func(ps *procState, depth int) bool {
+		parent := byPid[ps.ppid]
+		if parent == nil || parent == ps || depth > maxAbsorbDepth {
+			return false
+		}
+		return parent.gen == p.gen || absorbed(parent, depth+1)
+	}
+	var gone []procID
+	for id, ps := range p.procs {
+		if ps.gen != p.gen {
+			p.banked.add(ps.last, !absorbed(ps, 0))
+			gone = append(gone, id)
+		}
+	}
+	for _, id := range gone {
+		delete(p.procs, id)
+	}
+}
+
+// walkTree lists the root and its descendants, plus descendants of
+// processes seen before (orphans reparented away from the tree).
+func (p *plainSampler) walkTree() []int {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil
+	}
+	names, _ := d.Readdirnames(maxProcScan)
+	_ = d.Close()
+	children := make(map[int][]int)
+	for _, n := range names {
+		pid, err := strconv.Atoi(n)
+		if err != nil {
+			continue
+		}
+		if ppid, ok := readPpid(pid); ok {
+			children[ppid] = append(children[ppid], pid)
+		}
+	}
+	queue := []int{p.root}
+	for id := range p.procs {
+		queue = append(queue, id.pid)
+	}
+	seen := make(map[int]bool)
+	var out []int
+	for len(queue) > 0 && len(out) < maxTreeProcs {
+		pid := queue[0]
+		queue = queue[1:]
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		out = append(out, pid)
+		queue = append(queue, children[pid]...)
+	}
+	return out
+}
+
+type procStat struct {
+	ppid                         int
+	utime, stime, cutime, cstime uint64
+	threads                      uint64
+	start                        uint64
+	rssPages                     uint64
+}
+
+// statFields returns the fields after "(comm)" of /proc/PID/stat; field n
+// of proc(5) is index n-3.
+func statFields(pid int) [][]byte {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 || i+2 > len(data) {
+		return nil
+	}
+	return bytes.Fields(data[i+2:])
+}
+
+func readPpid(pid int) (int, bool) {
+	f := statFields(pid)
+	if len(f) < 2 {
+		return 0, false
+	}
+	ppid, err := strconv.Atoi(string(f[1]))
+	return ppid, err == nil
+}
+
+func readStat(pid int) (procStat, bool) {
+	f := statFields(pid)
+	if len(f) < 22 {
+		return procStat{}, false
+	}
+	u := func(n int) uint64 {
+		v, _ := strconv.ParseUint(string(f[n-3]), 10, 64)
+		return v
+	}
+	ppid, _ := strconv.Atoi(string(f[1]))
+	return procStat{
+		ppid:     ppid,
+		utime:    u(14),
+		stime:    u(15),
+		cutime:   u(16),
+		cstime:   u(17),
+		threads:  u(20),
+		start:    u(22),
+		rssPages: u(24),
+	}, true
+}
+
+// readStatus returns voluntary/nonvoluntary context switches and VmHWM in
+// bytes from a status file (of a process or of one thread).
+func readStatus(path string) (vcs, ivcs, hwm uint64) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0, 0
+	}
+	for len(data) > 0 {
+		var line []byte
+		line, data, _ = bytes.Cut(data, []byte{'\n'})
+		key, val, ok := bytes.Cut(line, []byte{':'})
+		if !ok {
+			continue
+		}
+		switch string(key) {
+		case "VmHWM":
+			hwm = parseUint(bytes.TrimSuffix(bytes.TrimSpace(val), []byte(" kB"))) * 1024
+		case "voluntary_ctxt_switches":
+			vcs = parseUint(val)
+		case "nonvoluntary_ctxt_switches":
+			ivcs = parseUint(val)
+		}
+	}
+	return vcs, ivcs, hwm
+}
+
+// readThreadsStatus sums the context switches of every live thread.
+func readThreadsStatus(pid int, budget *int) (vcs, ivcs, hwm uint64) {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
+	d, err := os.Open(dir)
+	if err != nil {
+		return 0, 0, 0
+	}
+	tids, _ := d.Readdirnames(*budget)
+	_ = d.Close()
+	*budget -= len(tids)
+	for _, tid := range tids {
+		v, iv, h := readStatus(filepath.Join(dir, tid, "status"))
+		vcs += v
+		ivcs += iv
+		hwm = max(hwm, h)
+	}
+	return vcs, ivcs, hwm
+}
+
+// readIO returns read_bytes/write_bytes (bytes that reached the storage
+// layer) from /proc/PID/io.
+func readIO(pid int) (read, write uint64) {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "io"))
+	if err != nil {
+		return 0, 0
+	}
+	for len(data) > 0 {
+		var line []byte
+		line, data, _ = bytes.Cut(data, []byte{'\n'})
+		key, val, _ := bytes.Cut(line, []byte{':'})
+		switch string(key) {
+		case "read_bytes":
+			read = parseUint(val)
+		case "write_bytes":
+			write = parseUint(val)
+		}
+	}
+	return read, write
+}
+
+// readCPUStat returns user and system seconds from a cgroup's cpu.stat.
+func readCPUStat(path string) (user, sys float64, ok bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0, false
+	}
+	for len(data) > 0 {
+		var line []byte
+		line, data, _ = bytes.Cut(data, []byte{'\n'})
+		key, val, _ := bytes.Cut(line, []byte{' '})
+		switch string(key) {
+		case "user_usec":
+			user = float64(parseUint(val)) / 1e6
+		case "system_usec":
+			sys = float64(parseUint(val)) / 1e6
+		}
+	}
+	return user, sys, true
+}
+
+func parseUint(b []byte) uint64 {
+	v, _ := strconv.ParseUint(string(bytes.TrimSpace(b)), 10, 64)
+	return v
+}

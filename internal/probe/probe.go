@@ -1,0 +1,295 @@
+// Package probe measures the command's own process tree: it places the
+// command in a cgroup v2 directory of its own and counts what the tree does,
+// with eBPF programs where the kernel and privileges allow, and from /proc
+// (plain mode) everywhere.
+//
+// API CONTRACT (used by internal/modes; keep the exported names stable):
+//
+//	s, err := probe.Start(probe.Options{Mode: probe.ModeAuto, Notice: os.Stderr})
+//	// err != nil only when nothing can run (e.g. Mode == ModeEBPF and BPF fails).
+//	defer s.Close()
+//	reg.MustRegister(s.Collector())
+//	s.PrepareCommand(cmd.SysProcAttr) // puts the child into the cgroup (if any)
+//	cmd.Start(); s.CommandStarted(cmd.Process.Pid)
+//	cmd.Wait();  s.CommandEnded()
+//	sum := s.Summary()
+package probe
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Mode selects the backend (SE_PROBES).
+type Mode string
+
+const (
+	ModeAuto  Mode = "auto"
+	ModeEBPF  Mode = "ebpf"
+	ModePlain Mode = "plain"
+)
+
+// Backend names reported by Session.Backend and statexec_probe_info.
+const (
+	BackendEBPF  = "ebpf"
+	BackendPlain = "plain"
+)
+
+// Options configure a probe session.
+type Options struct {
+	Mode Mode
+	// Notice receives the one-line fallback notice in auto mode.
+	Notice io.Writer
+	// ConstLabels are added to every metric of the collector
+	// (instance, job, role and SE_LABEL_ labels).
+	ConstLabels prometheus.Labels
+}
+
+// Summary is what the end-of-run summary prints.
+type Summary struct {
+	Backend         string // "ebpf" or "plain"
+	UserCPU         time.Duration
+	SystemCPU       time.Duration
+	PeakRSSBytes    uint64
+	SentBytes       uint64 // eBPF only
+	ReceivedBytes   uint64 // eBPF only
+	VoluntaryCS     uint64
+	InvoluntaryCS   uint64
+	RunqueueWaitP50 time.Duration // eBPF only
+	RunqueueWaitP99 time.Duration // eBPF only
+	HaveNetwork     bool
+	HaveScheduler   bool
+}
+
+// Session is one run's probe.
+type Session struct {
+	opts    Options
+	backend string
+	cg      *cgroup    // nil: no cgroup (not root, no cgroup v2)
+	bpf     *bpfProbes // nil: plain backend
+	coll    *collector
+
+	mu      sync.Mutex
+	plain   *plainSampler
+	snap    snapshot // last sample; what Collect reports after Close
+	bpfErr  error    // last failure reading the BPF maps
+	closed  bool
+	closeEr error
+}
+
+// snapshot is one sample of everything the collector exports.
+type snapshot struct {
+	plain plainTotals
+	bpf   statexecTreeCounters
+}
+
+// Start creates the session: the run's cgroup and, unless Mode is plain,
+// the eBPF probes. In auto mode any eBPF failure prints one notice line and
+// the session continues with the plain backend; in ebpf mode it is returned.
+func Start(opts Options) (*Session, error) {
+	switch opts.Mode {
+	case "":
+		opts.Mode = ModeAuto
+	case ModeAuto, ModeEBPF, ModePlain:
+	default:
+		return nil, fmt.Errorf("probe: unknown mode %q (want auto, ebpf or plain)", opts.Mode)
+	}
+	s := &Session{opts: opts, backend: BackendPlain}
+
+	// Leftovers of a statexec killed with SIGKILL; not being able to
+	// clean them must not stop this run.
+	_ = CleanStale("")
+
+	cg, cgErr := createCgroup()
+	if cgErr == nil {
+		s.cg = cg
+	}
+	if opts.Mode != ModePlain {
+		err := cgErr
+		if err != nil {
+			err = fmt.Errorf("create cgroup: %w", err)
+		} else {
+			s.bpf, err = loadBPF(cg)
+		}
+		if err != nil {
+			if opts.Mode == ModeEBPF {
+				_ = s.Close()
+				return nil, fmt.Errorf("probe: %w", err)
+			}
+			if opts.Notice != nil {
+				fmt.Fprintf(opts.Notice, "statexec: eBPF probes unavailable (%s); per-process network and scheduler metrics are off, using plain /proc metrics\n", oneLine(err))
+			}
+		} else {
+			s.backend = BackendEBPF
+		}
+	}
+	s.plain = newPlainSampler(s.cg)
+	s.coll = newCollector(s)
+	return s, nil
+}
+
+// oneLine keeps the notice on one line: verifier errors span many.
+func oneLine(err error) string {
+	msg, _, _ := strings.Cut(err.Error(), "\n")
+	const maxLen = 300
+	if len(msg) > maxLen {
+		msg = msg[:maxLen] + "..."
+	}
+	return msg
+}
+
+// Backend returns "ebpf" or "plain".
+func (s *Session) Backend() string { return s.backend }
+
+// CgroupPath is the run's cgroup directory, "" when there is none.
+func (s *Session) CgroupPath() string {
+	if s.cg == nil {
+		return ""
+	}
+	return s.cg.path
+}
+
+// PrepareCommand sets attr so that the child starts inside the cgroup
+// (clone3 with CLONE_INTO_CGROUP): every descendant is in it from its
+// first instruction, so nothing escapes the counting.
+func (s *Session) PrepareCommand(attr *syscall.SysProcAttr) {
+	if s.cg == nil || attr == nil {
+		return
+	}
+	attr.UseCgroupFD = true
+	attr.CgroupFD = s.cg.fd()
+}
+
+// CommandStarted records the root pid of the tree.
+func (s *Session) CommandStarted(pid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.plain.started(pid)
+}
+
+// CommandEnded is called after the root process was reaped. It takes one
+// last sample; the values stay collectable.
+func (s *Session) CommandEnded() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.plain.ended()
+	s.sampleLocked()
+}
+
+// sample returns fresh values, or the final ones once closed.
+func (s *Session) sample() snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.sampleLocked()
+	}
+	return s.snap
+}
+
+func (s *Session) sampleLocked() {
+	s.snap.plain = s.plain.sample()
+	if s.bpf != nil {
+		c, err := s.bpf.read()
+		if err != nil {
+			s.bpfErr = err
+			return
+		}
+		s.snap.bpf = c
+	}
+}
+
+// Collector exposes the per-process metrics.
+func (s *Session) Collector() prometheus.Collector { return s.coll }
+
+// Summary returns totals for the end-of-run summary.
+func (s *Session) Summary() Summary {
+	snap := s.sample()
+	p := snap.plain
+	sum := Summary{
+		Backend:       s.backend,
+		UserCPU:       time.Duration(p.userSec * float64(time.Second)),
+		SystemCPU:     time.Duration(p.sysSec * float64(time.Second)),
+		PeakRSSBytes:  p.rssPeak,
+		VoluntaryCS:   p.vcs,
+		InvoluntaryCS: p.ivcs,
+	}
+	if s.bpf != nil {
+		b := snap.bpf
+		sum.HaveNetwork, sum.HaveScheduler = true, true
+		sum.SentBytes, sum.ReceivedBytes = b.TxBytes, b.RxBytes
+		// The scheduler's counts are exact; /proc misses dead threads.
+		sum.VoluntaryCS, sum.InvoluntaryCS = b.VoluntarySwitches, b.InvoluntarySwitches
+		sum.RunqueueWaitP50 = histQuantile(&b.RunqHist, 0.50)
+		sum.RunqueueWaitP99 = histQuantile(&b.RunqHist, 0.99)
+	}
+	return sum
+}
+
+// histQuantile estimates a quantile of the log2 histogram, interpolating
+// linearly inside the bucket [2^k, 2^(k+1)) ns like histogram_quantile.
+func histQuantile(h *[histSlots]uint64, q float64) time.Duration {
+	var total uint64
+	for _, n := range h {
+		total += n
+	}
+	if total == 0 {
+		return 0
+	}
+	rank := q * float64(total)
+	var cum float64
+	for k, n := range h {
+		if n == 0 {
+			continue
+		}
+		if cum+float64(n) >= rank {
+			lo := float64(uint64(1) << k)
+			if k == 0 {
+				lo = 0
+			}
+			hi := float64(uint64(1) << (k + 1))
+			return time.Duration(lo + (hi-lo)*(rank-cum)/float64(n))
+		}
+		cum += float64(n)
+	}
+	return time.Duration(uint64(1) << histSlots)
+}
+
+// Close kills what is left in the cgroup, removes it, and detaches BPF.
+// The last sample stays collectable. Idempotent.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return s.closeEr
+	}
+	if s.plain != nil && s.plain.root != 0 {
+		s.sampleLocked()
+	}
+	s.closed = true
+	var errs []error
+	if s.bpf != nil {
+		if err := s.bpf.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("probe: close BPF: %w", err))
+		}
+	}
+	if s.cg != nil {
+		if err := s.cg.remove(); err != nil {
+			errs = append(errs, fmt.Errorf("probe: remove cgroup: %w", err))
+		}
+	}
+	s.closeEr = errors.Join(errs...)
+	return s.closeEr
+}

@@ -1,0 +1,239 @@
+package probe
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestEBPFNetworkAccuracy(t *testing.T) {
+	s := startEBPF(t)
+	const n = 50 << 20
+
+	// 200 MB in the test process itself, concurrently: not in the cgroup.
+	var wg sync.WaitGroup
+	var outside int64
+	var outsideErr error
+	wg.Go(func() { outside, outsideErr = loopbackTransfer(200 << 20) })
+	runChild(t, s, helperEnv+"=net", "HELPER_BYTES="+itoa(n))
+	wg.Wait()
+	if outsideErr != nil || outside != 200<<20 {
+		t.Fatalf("outside transfer: %d bytes, %v", outside, outsideErr)
+	}
+
+	m := metrics(t, s)
+	for _, name := range []string{
+		"statexec_process_network_sent_bytes_total",
+		"statexec_process_network_received_bytes_total",
+	} {
+		got := m[name]
+		t.Logf("%s = %.0f (%.4f x N)", name, got, got/n)
+		if got < n || got > 1.05*n {
+			t.Errorf("%s = %.0f, want within [%d, %.0f]", name, got, n, 1.05*n)
+		}
+	}
+	for _, name := range []string{
+		"statexec_process_network_sent_packets_total",
+		"statexec_process_network_received_packets_total",
+	} {
+		// >= N / 64 KiB (one GSO super-packet) and <= N / 1 KiB.
+		if got := m[name]; got < n/65536 || got > n/1024 {
+			t.Errorf("%s = %.0f, implausible for %d bytes", name, got, n)
+		}
+		t.Logf("%s = %.0f", name, m[name])
+	}
+	if m[`statexec_probe_info{backend=ebpf}`] != 1 {
+		t.Errorf("statexec_probe_info{backend=ebpf} missing: %v", m)
+	}
+}
+
+func TestEBPFSchedAccuracy(t *testing.T) {
+	s := startEBPF(t)
+	burnOutside(t)
+	ps := runChild(t, s, helperEnv+"=burn", "HELPER_MS=2000", "HELPER_KIDS=2")
+	ru := rusage(ps)
+	m := metrics(t, s)
+
+	want := rusageCPU(ps).Seconds()
+	got := m["statexec_process_sched_cpu_seconds_total"]
+	t.Logf("sched cpu %.4fs, rusage %.4fs, ratio %.5f", got, want, got/want)
+	if !within(got, want, 0.02) {
+		t.Errorf("sched cpu = %.4fs, rusage user+sys = %.4fs: off by more than 2%%", got, want)
+	}
+	plainCPU := m["statexec_process_cpu_seconds_total{mode=user}"] + m["statexec_process_cpu_seconds_total{mode=system}"]
+	t.Logf("plain (cpu.stat) cpu %.4fs, ratio %.5f", plainCPU, plainCPU/want)
+	if !within(plainCPU, want, 0.02) {
+		t.Errorf("plain cpu = %.4fs, rusage = %.4fs: off by more than 2%%", plainCPU, want)
+	}
+
+	for _, c := range []struct {
+		kind string
+		want int64
+	}{{"voluntary", ru.Nvcsw}, {"involuntary", ru.Nivcsw}} {
+		got := m["statexec_process_sched_context_switches_total{kind="+c.kind+"}"]
+		t.Logf("%s switches: ebpf %.0f, rusage %d", c.kind, got, c.want)
+		// 1%, but at least one switch: a process's very last switch
+		// races with its reaping by the parent.
+		if math.Abs(got-float64(c.want)) > math.Max(0.01*float64(c.want), 1) {
+			t.Errorf("%s switches = %.0f, rusage %d: off by more than 1%%", c.kind, got, c.want)
+		}
+	}
+
+	if f := m["statexec_process_forks_total"]; f < 3 {
+		t.Errorf("forks = %.0f, want >= 3 (root and 2 children)", f)
+	}
+	if p := m["statexec_process_processes"]; p != 0 {
+		t.Errorf("processes after the end = %.0f, want 0", p)
+	}
+	if th := m["statexec_process_threads"]; th != 0 {
+		t.Errorf("threads after the end = %.0f, want 0", th)
+	}
+	if m["statexec_process_sched_runqueue_latency_seconds_count"] == 0 ||
+		m["statexec_process_sched_runqueue_wait_seconds_total"] <= 0 {
+		t.Errorf("no run-queue waits recorded: %v", m)
+	}
+	sum := s.Summary()
+	t.Logf("summary: %+v", sum)
+	if !sum.HaveScheduler || sum.RunqueueWaitP99 < sum.RunqueueWaitP50 || sum.RunqueueWaitP50 <= 0 {
+		t.Errorf("summary run-queue quantiles: %+v", sum)
+	}
+}
+
+// TestLiveGauges checks the process/thread gauges while the tree runs.
+func TestLiveGauges(t *testing.T) {
+	for _, mode := range []Mode{ModeEBPF, ModePlain} {
+		t.Run(string(mode), func(t *testing.T) {
+			requireRoot(t)
+			s, err := Start(Options{Mode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			cmd := shellCommand(s, "sleep 5 & sleep 5 & wait")
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			s.CommandStarted(cmd.Process.Pid)
+			var m map[string]float64
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				m = metrics(t, s)
+				if m["statexec_process_processes"] == 3 {
+					break
+				}
+			}
+			if m["statexec_process_processes"] != 3 || m["statexec_process_threads"] != 3 {
+				t.Errorf("processes %v threads %v, want 3 and 3", m["statexec_process_processes"], m["statexec_process_threads"])
+			}
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			s.CommandEnded()
+		})
+	}
+}
+
+func TestPlainMode(t *testing.T) {
+	s, err := Start(Options{Mode: ModePlain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Backend() != BackendPlain {
+		t.Fatalf("backend %q", s.Backend())
+	}
+	t.Logf("cgroup: %q", s.CgroupPath())
+
+	// Sample while the children run, as statexec does every interval.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				s.sample()
+			}
+		}
+	})
+	runChild(t, s, helperEnv+"=mem", "HELPER_MS=500")
+	file := filepath.Join(t.TempDir(), "data")
+	runChild(t, s, helperEnv+"=disk", "HELPER_FILE="+file)
+	close(stop)
+	wg.Wait()
+
+	m := metrics(t, s)
+	if peak := m["statexec_process_memory_rss_peak_bytes"]; peak < 100<<20 {
+		t.Errorf("rss peak = %.0f, want >= 100 MiB", peak)
+	}
+	if w := m["statexec_process_disk_write_bytes_total"]; w < 8<<20 {
+		t.Errorf("disk write bytes = %.0f, want >= 8 MiB", w)
+	}
+	if m[`statexec_probe_info{backend=plain}`] != 1 {
+		t.Errorf("statexec_probe_info{backend=plain} missing")
+	}
+	if _, ok := m["statexec_process_sched_cpu_seconds_total"]; ok {
+		t.Errorf("plain mode exports eBPF metrics")
+	}
+	t.Logf("rss peak %.0f MiB, disk write %.1f MiB", m["statexec_process_memory_rss_peak_bytes"]/(1<<20), m["statexec_process_disk_write_bytes_total"]/(1<<20))
+}
+
+func TestPlainCPU(t *testing.T) {
+	s, err := Start(Options{Mode: ModePlain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ps := runChild(t, s, helperEnv+"=burn", "HELPER_MS=1000", "HELPER_KIDS=1")
+	m := metrics(t, s)
+	got := m["statexec_process_cpu_seconds_total{mode=user}"] + m["statexec_process_cpu_seconds_total{mode=system}"]
+	want := rusageCPU(ps).Seconds()
+	t.Logf("plain cpu %.4fs, rusage %.4fs (cgroup %q)", got, want, s.CgroupPath())
+	if !within(got, want, 0.02) {
+		t.Errorf("plain cpu = %.4fs, rusage %.4fs", got, want)
+	}
+}
+
+// TestPlainNoCgroup exercises the /proc walk used without a cgroup
+// (not root): descendants by ppid, exited children kept.
+func TestPlainNoCgroup(t *testing.T) {
+	p := newPlainSampler(nil)
+	cmd := shellCommand(nil, os.Args[0]+" & "+os.Args[0]+"; wait")
+	cmd.Env = append(os.Environ(), helperEnv+"=burn", "HELPER_MS=600", "HELPER_KIDS=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.started(cmd.Process.Pid)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var maxProcs uint64
+	var err error
+loop:
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		select {
+		case err = <-done:
+			break loop
+		case <-time.After(20 * time.Millisecond):
+			maxProcs = max(maxProcs, p.sample().procs)
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	beforeEnd := p.sample()
+	p.ended()
+	tot := p.sample()
+	want := rusageCPU(cmd.ProcessState).Seconds()
+	t.Logf("walk: max procs %d, cpu before end %.3fs, final %.3fs, rusage %.3fs", maxProcs, beforeEnd.userSec+beforeEnd.sysSec, tot.userSec+tot.sysSec, want)
+	if maxProcs < 3 {
+		t.Errorf("saw at most %d processes, want >= 3 (sh, 2 helpers, their kids)", maxProcs)
+	}
+	if !within(beforeEnd.userSec+beforeEnd.sysSec, want, 0.15) {
+		t.Errorf("sampled cpu %.3fs far from rusage %.3fs", beforeEnd.userSec+beforeEnd.sysSec, want)
+	}
+	if !within(tot.userSec+tot.sysSec, want, 0.02) {
+		t.Errorf("final cpu %.3fs, rusage %.3fs", tot.userSec+tot.sysSec, want)
+	}
+}
