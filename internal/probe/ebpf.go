@@ -23,10 +23,10 @@ type bpfProbes struct {
 // tracepoints globally (they filter by cgroup id), cgroup_skb on cg itself.
 // On error everything opened so far is closed.
 func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
-	// A no-op on kernels with memcg accounting of BPF memory (>= 5.11).
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
-	}
+	// Only needed before memcg accounting of BPF memory (< 5.11). Its
+	// error is ignored: without privileges it fails for the same reason
+	// the load below will, and the load's error names the real cause.
+	_ = rlimit.RemoveMemlock()
 	spec, err := loadStatexec()
 	if err != nil {
 		return nil, fmt.Errorf("parse BPF objects: %w", err)

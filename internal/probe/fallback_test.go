@@ -58,9 +58,13 @@ func TestFallbackWithoutPrivileges(t *testing.T) {
 		name string
 		args []string
 	}{
-		// root without any capability: mkdir of the cgroup works (the
-		// owner is root), BPF load does not.
+		// root without any capability: the cgroup2 root is mode 0555,
+		// so not even the cgroup.
 		{"root-no-caps", []string{"--inh-caps=-all", "--bounding-set=-all"}},
+		// root with only CAP_DAC_OVERRIDE: the cgroup works, BPF load
+		// does not (the notice must still be one line, the cgroup must
+		// still be used and removed).
+		{"root-dac-only", []string{"--inh-caps=-all", "--bounding-set=-all,+dac_override"}},
 		// nobody: not even the cgroup.
 		{"nobody", []string{"--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}},
 	} {

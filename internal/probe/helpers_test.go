@@ -106,11 +106,12 @@ func runHelper(mode string) error {
 	}
 }
 
-// burn spins for d of wall time with a short sleep every 10 ms.
+// burn spins until the process used d of CPU time (bounded by 30 s of
+// wall time), with a short sleep every 10 ms.
 func burn(d time.Duration) {
-	end := time.Now().Add(d)
+	deadline := time.Now().Add(30 * time.Second)
 	x := 1
-	for time.Now().Before(end) {
+	for selfCPU() < d && time.Now().Before(deadline) {
 		slice := time.Now().Add(10 * time.Millisecond)
 		for time.Now().Before(slice) {
 			for i := 0; i < 1000; i++ {
@@ -122,6 +123,12 @@ func burn(d time.Duration) {
 	if x == 42 {
 		fmt.Print("")
 	}
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // loopbackTransfer sends n bytes over a TCP connection to itself on

@@ -113,6 +113,12 @@ func (p *plainSampler) ended() {
 		Nvcsw:  after.Nvcsw - b.Nvcsw,
 		Nivcsw: after.Nivcsw - b.Nivcsw,
 	}
+	// RUSAGE_CHILDREN's maxrss is the largest reaped child's peak; if it
+	// grew, it is the command's (a lower bound of the tree's peak that
+	// does not depend on sampling while it ran).
+	if after.Maxrss > b.Maxrss {
+		p.out.rssPeak = max(p.out.rssPeak, uint64(after.Maxrss)*1024)
+	}
 	p.haveFloor = true
 }
 

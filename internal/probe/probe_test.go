@@ -237,3 +237,17 @@ loop:
 		t.Errorf("final cpu %.3fs, rusage %.3fs", tot.userSec+tot.sysSec, want)
 	}
 }
+
+// TestPeakRSSWithoutSampling: a command shorter than the sampling interval
+// still reports its peak (from the reaped child's rusage).
+func TestPeakRSSWithoutSampling(t *testing.T) {
+	s, err := Start(Options{Mode: ModePlain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	runChild(t, s, helperEnv+"=mem", "HELPER_MS=0")
+	if peak := s.Summary().PeakRSSBytes; peak < 100<<20 {
+		t.Errorf("peak rss = %d, want >= 100 MiB", peak)
+	}
+}
