@@ -224,8 +224,13 @@ func retryable(err error, written bool) bool {
 	// forwarder (docker-proxy, ssh -L) with nothing behind it yet. A
 	// timeout waiting for the answer is not retried.
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		err.Error() == errServerClosedIdle
 }
+
+// errServerClosedIdle is the text of net/http's unexported error for a
+// connection closed by the peer before any byte of an answer.
+const errServerClosedIdle = "http: server closed idle connection"
 
 // actionURL checks baseURL and appends "/"+action to its path.
 func actionURL(baseURL, action string) (string, error) {

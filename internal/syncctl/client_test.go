@@ -2,7 +2,9 @@ package syncctl
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -328,5 +330,27 @@ func TestSendRetriesClosedWithoutAnswer(t *testing.T) {
 	}
 	if starts.get() != 1 || l.n.Load() >= 0 {
 		t.Fatalf("Start %d calls, %d closes left", starts.get(), l.n.Load())
+	}
+}
+
+func TestRetryable(t *testing.T) {
+	for _, tc := range []struct {
+		err     error
+		written bool
+		want    bool
+	}{
+		{syscall.ECONNREFUSED, false, true},
+		{&net.DNSError{Err: "no such host", Name: "h", IsNotFound: true}, false, true},
+		{context.DeadlineExceeded, false, true},
+		{io.EOF, true, true},
+		{syscall.ECONNRESET, true, true},
+		{errors.New("http: server closed idle connection"), true, true},
+		{context.DeadlineExceeded, true, false},
+		{errors.New(`malformed HTTP response "SSH-2.0"`), true, false},
+		{&tls.CertificateVerificationError{Err: errors.New("x509: unknown authority")}, false, false},
+	} {
+		if got := retryable(tc.err, tc.written); got != tc.want {
+			t.Errorf("retryable(%v, written %v) = %v", tc.err, tc.written, got)
+		}
 	}
 }
