@@ -32,7 +32,7 @@ const (
 
 // ServerOptions configure the server.
 type ServerOptions struct {
-	Listen    string // address:port, default ":8080" (all interfaces)
+	Listen    string // address:port, default ":8080" (all interfaces); a bare port "9000" means ":9000"
 	Token     string // if set, requests need "Authorization: Bearer <Token>"
 	AllowStop bool   // waitStartAndStop: POST /stop is honoured
 	Command   string // shown by GET /status
@@ -114,6 +114,8 @@ type Server struct {
 func NewServer(opts ServerOptions) *Server {
 	if opts.Listen == "" {
 		opts.Listen = DefaultListen
+	} else if _, err := strconv.ParseUint(opts.Listen, 10, 16); err == nil {
+		opts.Listen = ":" + opts.Listen // a bare port: all interfaces
 	}
 	if opts.ReadHeaderTimeout <= 0 {
 		opts.ReadHeaderTimeout = DefaultReadHeaderTimeout

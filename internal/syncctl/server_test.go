@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -409,6 +410,11 @@ func TestListenErrors(t *testing.T) {
 	if err == nil || err.Error() != want || !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("Listen on a used port: %v, want %q", err, want)
 	}
+	// A bare port means all interfaces.
+	port := addr[strings.LastIndex(addr, ":")+1:]
+	if err := NewServer(ServerOptions{Listen: port}).Listen(); err == nil || err.Error() != "syncctl: listen on :"+port+": address already in use" {
+		t.Fatalf("bare port %s: %v", port, err)
+	}
 	if err := NewServer(ServerOptions{Listen: "127.0.0.1:99999"}).Listen(); err == nil || !strings.HasPrefix(err.Error(), "syncctl: listen on 127.0.0.1:99999: ") {
 		t.Fatalf("bad port: %v", err)
 	}
@@ -444,6 +450,38 @@ func TestShutdown(t *testing.T) {
 		}
 		if _, err := net.DialTimeout("tcp", s.Addr().String(), time.Second); err == nil {
 			t.Fatal("still accepting after Shutdown")
+		}
+	})
+	t.Run("slow client forced off at ctx deadline", func(t *testing.T) {
+		s := NewServer(ServerOptions{Listen: "127.0.0.1:0"})
+		if err := s.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- s.Serve() }()
+		c, err := net.DialTimeout("tcp", s.Addr().String(), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("POST /start HTTP/1.1\r\nHo")) // an active request, unfinished
+		time.Sleep(100 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		t0 := time.Now()
+		err = s.Shutdown(ctx)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: %v, want DeadlineExceeded", err)
+		}
+		if d := time.Since(t0); d > time.Second {
+			t.Fatalf("Shutdown took %v", d)
+		}
+		if err := <-served; err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("connection not closed: %v", err)
 		}
 	})
 	t.Run("before Serve", func(t *testing.T) {
