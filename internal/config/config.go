@@ -41,7 +41,7 @@ const (
 	DefaultStopGrace   = 5 * time.Second
 	// maxLabelValueLen keeps a label value below VictoriaMetrics' default
 	// -maxLabelValueLen (16 KiB), which would otherwise truncate it.
-	maxLabelValueLen = 4096
+	maxLabelValueLen = 16000
 )
 
 // Label is one extra label put on every sample.
@@ -173,7 +173,7 @@ func Parse(args, env []string, hostname string) (*Invocation, error) {
 	if cfg.Labels, err = mergeLabels(envLabels, flagLabels); err != nil {
 		return nil, err
 	}
-	cfg.Instance = cleanValue(cfg.Instance)
+	cfg.Instance = CleanLabelValue(cfg.Instance)
 	if cfg.Instance == "" {
 		return nil, usagef("instance must not be empty")
 	}
@@ -399,10 +399,19 @@ func SanitizeLabelKey(k string) string {
 	return string(b)
 }
 
-// cleanValue makes a label value safe for every consumer: valid UTF-8 and
-// not longer than maxLabelValueLen bytes (cut at a rune boundary).
-func cleanValue(v string) string {
+// CleanLabelValue makes a label value safe for every consumer: valid
+// UTF-8, no control characters but newline and tab (a carriage return
+// would be eaten by line-based readers), and not longer than
+// maxLabelValueLen bytes (cut at a rune boundary). What is replaced
+// becomes U+FFFD.
+func CleanLabelValue(v string) string {
 	v = strings.ToValidUTF8(v, "\uFFFD")
+	v = strings.Map(func(r rune) rune {
+		if r < 0x20 && r != '\n' && r != '\t' || r == 0x7f {
+			return '\uFFFD'
+		}
+		return r
+	}, v)
 	if len(v) <= maxLabelValueLen {
 		return v
 	}
@@ -447,7 +456,7 @@ func mergeLabels(env, flags []Label) ([]Label, error) {
 				return nil, usagef("label %q given twice in %s (as %q and %q)", k, source, prev, l.Key)
 			}
 			seen[fold] = l.Key
-			out = append(out, Label{Key: k, Value: cleanValue(l.Value)})
+			out = append(out, Label{Key: k, Value: CleanLabelValue(l.Value)})
 		}
 		return out, nil
 	}

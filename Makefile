@@ -1,0 +1,56 @@
+# statexec — see README.md.
+GO      ?= go
+BIN     := bin/statexec
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+FUZZTIME ?= 10s
+
+.PHONY: all build deps run test unit fuzz bench generate check-generate example lint clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) .
+
+# Installs what the build and the tests need (Debian packages); instant
+# when everything is there.
+deps:
+	./scripts/install-deps.sh
+
+# The main job: a short run of the README's example, file in ./statexec_metrics.txt.
+run: deps build
+	SE_METRICS_FILE=$(CURDIR)/statexec_metrics.txt $(BIN) exec -- sh -c 'dd if=/dev/zero of=/dev/null bs=1M count=2000 && sleep 2'
+	@echo "metrics written to $(CURDIR)/statexec_metrics.txt"
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfe[lb].go$$'))" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+# Every test: unit, BPF (as root), end-to-end with VictoriaMetrics and
+# promtool, then each fuzz target for $(FUZZTIME).
+test: deps lint build unit fuzz
+
+unit:
+	$(GO) test -count=1 -timeout 20m ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config
+	$(GO) test -run '^$$' -fuzz '^FuzzLabelValues$$' -fuzztime $(FUZZTIME) ./internal/store
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./internal/store ./internal/probe
+	./scripts/bench.sh
+
+generate:
+	$(GO) generate ./internal/probe/...
+
+# CI: the committed BPF objects must be what the sources compile to.
+check-generate: deps generate
+	git diff --exit-code -- internal/probe bpf
+
+# Regenerates example/statexec_metrics.txt from the README's iperf3 example.
+example: deps build
+	./scripts/example.sh
+
+clean:
+	rm -rf bin
