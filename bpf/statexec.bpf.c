@@ -10,6 +10,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 
 char __license[] SEC("license") = "GPL";
 
@@ -58,6 +59,9 @@ struct task_state {
 	__u64 last_runtime;
 	// When the task became runnable (wakeup or preemption); 0 = not queued.
 	__u64 queued_at;
+	// nvcsw/nivcsw seen at the previous switch-out.
+	__u64 last_nvcsw;
+	__u64 last_nivcsw;
 };
 
 struct {
@@ -74,11 +78,23 @@ static __always_inline struct tree_counters *get_counters(void)
 	return bpf_map_lookup_elem(&counters, &zero);
 }
 
-// Plain BTF pointer loads (tp_btf arguments are trusted pointers): much
-// cheaper than BPF_CORE_READ chains of bpf_probe_read_kernel calls.
+// Inlined by the verifier into a register move: it only marks the pointer
+// untrusted, see in_target.
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+// Plain BTF pointer loads: much cheaper at run time than BPF_CORE_READ
+// chains of bpf_probe_read_kernel calls. They go through an untrusted alias
+// of the (trusted) tracepoint argument: for every pointer loaded from a
+// trusted pointer the verifier searches the whole kernel BTF by name (up to
+// four linear scans, for __safe_trusted/__safe_rcu variants), which made
+// loading these programs cost tens of milliseconds. Untrusted loads are
+// the same exception-handled loads at run time.
 static __always_inline bool in_target(struct task_struct *t)
 {
-	return t->cgroups->dfl_cgrp->kn->id == target_cgid;
+	struct task_struct *u =
+		bpf_rdonly_cast(t, bpf_core_type_id_kernel(struct task_struct));
+
+	return u->cgroups->dfl_cgrp->kn->id == target_cgid;
 }
 
 static __always_inline __u32 log2_u32(__u32 v)
@@ -117,38 +133,52 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev,
 	struct task_state *st;
 	__u64 now = 0;
 
-	if (in_target(prev)) {
+	// prev is current: the helper is the cheapest way to its cgroup.
+	if (bpf_get_current_cgroup_id() == target_cgid) {
 		c = get_counters();
 		if (!c)
 			return 0;
 		st = bpf_task_storage_get(&task_states, prev, 0,
 					  BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (st) {
-			// The scheduler updated sum_exec_runtime just before this
-			// tracepoint, so the delta is exactly the slice that ends
-			// here. A task's first delta is its whole runtime: it was
-			// born in the cgroup (CLONE_INTO_CGROUP / fork) at zero.
-			// A dead task switches out one last time, which accounts
-			// its final slice too.
+			// The scheduler updated sum_exec_runtime and the task's
+			// nvcsw/nivcsw just before this tracepoint, so deltas
+			// are exactly what ends here. A task's first deltas are
+			// its whole history: it was born in the cgroup
+			// (CLONE_INTO_CGROUP / fork) at zero. A dead task
+			// switches out one last time, which accounts its final
+			// slice too.
 			__u64 rt = prev->se.sum_exec_runtime;
+			__u64 nv = prev->nvcsw;
+			__u64 niv = prev->nivcsw;
+			__u64 dv = nv - st->last_nvcsw;
 
 			c->cpu_ns += rt - st->last_runtime;
 			st->last_runtime = rt;
-		}
-		if (preempt || prev_state == TASK_RUNNING) {
-			// Still runnable: it waits on the run queue from now on.
-			c->involuntary_switches++;
-			if (st) {
-				now = bpf_ktime_get_ns();
-				st->queued_at = now;
-			}
-		} else if (!(prev_state & TASK_DEAD) || prev->pid == prev->tgid) {
+			// Counting the kernel's own counters, not classifying
+			// this switch from its arguments: a task going to sleep
+			// with a signal pending is switched out as runnable but
+			// counted voluntary by the kernel (and by rusage).
 			// An exiting thread's final switch comes after its
-			// counts were folded into the process (release_task), so
-			// rusage never sees it; skip it to match. A group
-			// leader's final switch normally precedes its reaping by
-			// the parent, so rusage has it.
+			// counts were folded into the process (release_task),
+			// so rusage never sees it; skip it to match. A group
+			// leader's final switch normally precedes its reaping
+			// by the parent, so rusage has it.
+			if ((prev_state & TASK_DEAD) && prev->pid != prev->tgid && dv)
+				dv--;
+			c->voluntary_switches += dv;
+			c->involuntary_switches += niv - st->last_nivcsw;
+			st->last_nvcsw = nv;
+			st->last_nivcsw = niv;
+		} else if (preempt || prev_state == TASK_RUNNING) {
+			c->involuntary_switches++;
+		} else if (!(prev_state & TASK_DEAD)) {
 			c->voluntary_switches++;
+		}
+		if (st && (preempt || prev_state == TASK_RUNNING)) {
+			// Still runnable: it waits on the run queue from now on.
+			now = bpf_ktime_get_ns();
+			st->queued_at = now;
 		}
 	}
 

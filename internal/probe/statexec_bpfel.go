@@ -17,6 +17,8 @@ type statexecTaskState struct {
 	_           structs.HostLayout
 	LastRuntime uint64
 	QueuedAt    uint64
+	LastNvcsw   uint64
+	LastNivcsw  uint64
 }
 
 type statexecTreeCounters struct {
