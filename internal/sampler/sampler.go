@@ -7,6 +7,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,8 +35,50 @@ func NewClock(originMs int64) Clock {
 	return Clock{start: start, originMs: originMs}
 }
 
-// NowMs is the current timestamp in milliseconds.
-func (c Clock) NowMs() int64 { return c.originMs + time.Since(c.start).Milliseconds() }
+// NowMs is the current timestamp in milliseconds, as ExactMs makes it.
+func (c Clock) NowMs() int64 { return ExactMs(c.originMs + time.Since(c.start).Milliseconds()) }
+
+// ExactMs returns the first millisecond at or after ms that survives the
+// trip through a file in seconds. OpenMetrics files carry ms/1000 as a
+// float (expfmt writes it like 1.704067200607e+09), and readers turn it back
+// into milliseconds by truncating seconds*1000: promtool after a correctly
+// rounded parse, VictoriaMetrics after a faster one (digits / 10^fraction
+// digits * 10^exponent). For a few ms values in ten, one of them gets
+// ms-1. Moving such a sample by a millisecond or two instead keeps every
+// timestamp exact in every reader.
+func ExactMs(ms int64) int64 {
+	for m := ms; m < ms+64; m++ {
+		if readsBack(m) {
+			return m
+		}
+	}
+	return ms
+}
+
+func readsBack(m int64) bool {
+	s := strconv.FormatFloat(float64(m)/1000, 'g', -1, 64)
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || int64(f*1000) != m {
+		return false
+	}
+	return int64(fastParse(s)*1000) == m
+}
+
+// fastParse reads "d.ddde+XX" as VictoriaMetrics' float parser does.
+func fastParse(s string) float64 {
+	mant, exp, _ := strings.Cut(s, "e")
+	whole, frac, _ := strings.Cut(mant, ".")
+	digits, err := strconv.ParseUint(whole+frac, 10, 64)
+	e, err2 := strconv.Atoi(exp)
+	if err != nil || (exp != "" && err2 != nil) {
+		return math.NaN()
+	}
+	f := float64(digits)
+	if len(frac) > 0 {
+		f /= math.Pow10(len(frac))
+	}
+	return f * math.Pow10(e)
+}
 
 // Start is the monotonic start of the run.
 func (c Clock) Start() time.Time { return c.start }
