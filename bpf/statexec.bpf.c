@@ -53,15 +53,15 @@ struct {
 } counters SEC(".maps");
 
 // Per-task state, freed by the kernel with the task: far cheaper than a
-// pid-keyed hash map and cannot leak entries of exited tasks.
+// pid-keyed hash map and cannot leak entries of exited tasks. It holds the
+// task's own counters as seen at its previous switch-out: the programs
+// only add up the kernel's exact per-task counters' deltas.
 struct task_state {
-	// sum_exec_runtime seen at the task's previous switch-out.
-	__u64 last_runtime;
-	// When the task became runnable (wakeup or preemption); 0 = not queued.
-	__u64 queued_at;
-	// nvcsw/nivcsw seen at the previous switch-out.
-	__u64 last_nvcsw;
-	__u64 last_nivcsw;
+	__u64 last_runtime;   // se.sum_exec_runtime
+	__u64 last_nvcsw;     // nvcsw
+	__u64 last_nivcsw;    // nivcsw
+	__u64 last_run_delay; // sched_info.run_delay
+	__u64 last_pcount;    // sched_info.pcount
 };
 
 struct {
@@ -125,110 +125,84 @@ static __always_inline __u32 log2_u64(__u64 v)
 	return log2_u32(v);
 }
 
+// Everything per-task is taken at switch-out, from the kernel's own
+// per-task counters, which the scheduler updated just before this
+// tracepoint: sum_exec_runtime (on-CPU time), nvcsw/nivcsw (what rusage
+// reports) and sched_info (run-queue wait before the slice that ends now,
+// from rq_clock). That needs no clock read (bpf_ktime_get_ns is expensive
+// in VMs), no pairing of events, no program on the wakeup tracepoints and
+// nothing for tasks outside the cgroup but one helper call. A task's first
+// deltas are its whole history: it was born in the cgroup at zero
+// (CLONE_INTO_CGROUP / fork). A dead task switches out one last time,
+// which accounts its final slice too.
 SEC("tp_btf/sched_switch")
 int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
 {
-	struct tree_counters *c = NULL;
+	struct tree_counters *c;
 	struct task_state *st;
-	__u64 now = 0;
 
 	// prev is current: the helper is the cheapest way to its cgroup.
-	if (bpf_get_current_cgroup_id() == target_cgid) {
-		c = get_counters();
-		if (!c)
-			return 0;
-		st = bpf_task_storage_get(&task_states, prev, 0,
-					  BPF_LOCAL_STORAGE_GET_F_CREATE);
-		if (st) {
-			// The scheduler updated sum_exec_runtime and the task's
-			// nvcsw/nivcsw just before this tracepoint, so deltas
-			// are exactly what ends here. A task's first deltas are
-			// its whole history: it was born in the cgroup
-			// (CLONE_INTO_CGROUP / fork) at zero. A dead task
-			// switches out one last time, which accounts its final
-			// slice too.
-			__u64 rt = prev->se.sum_exec_runtime;
-			__u64 nv = prev->nvcsw;
-			__u64 niv = prev->nivcsw;
-			__u64 dv = nv - st->last_nvcsw;
-
-			c->cpu_ns += rt - st->last_runtime;
-			st->last_runtime = rt;
-			// Counting the kernel's own counters, not classifying
-			// this switch from its arguments: a task going to sleep
-			// with a signal pending is switched out as runnable but
-			// counted voluntary by the kernel (and by rusage).
-			// An exiting thread's final switch comes after its
-			// counts were folded into the process (release_task),
-			// so rusage never sees it; skip it to match. A group
-			// leader's final switch normally precedes its reaping
-			// by the parent, so rusage has it.
-			if ((prev_state & TASK_DEAD) && prev->pid != prev->tgid && dv)
-				dv--;
-			c->voluntary_switches += dv;
-			c->involuntary_switches += niv - st->last_nivcsw;
-			st->last_nvcsw = nv;
-			st->last_nivcsw = niv;
-		} else if (preempt || prev_state == TASK_RUNNING) {
-			c->involuntary_switches++;
-		} else if (!(prev_state & TASK_DEAD)) {
-			c->voluntary_switches++;
-		}
-		if (st && (preempt || prev_state == TASK_RUNNING)) {
-			// Still runnable: it waits on the run queue from now on.
-			now = bpf_ktime_get_ns();
-			st->queued_at = now;
-		}
-	}
-
-	if (in_target(next)) {
-		st = bpf_task_storage_get(&task_states, next, 0, 0);
-		if (!st || !st->queued_at)
-			return 0;
-		if (!c) {
-			c = get_counters();
-			if (!c)
-				return 0;
-		}
-		if (!now)
-			now = bpf_ktime_get_ns();
-		__u64 wait = now - st->queued_at;
-		__u32 slot = log2_u64(wait);
-
-		st->queued_at = 0;
-		c->runq_wait_ns += wait;
-		c->runq_waits++;
-		if (slot >= HIST_SLOTS)
-			slot = HIST_SLOTS - 1;
-		c->runq_hist[slot]++;
-	}
-	return 0;
-}
-
-static __always_inline void mark_queued(struct task_struct *p)
-{
-	struct task_state *st;
-
-	if (!in_target(p))
-		return;
-	st = bpf_task_storage_get(&task_states, p, 0,
+	if (bpf_get_current_cgroup_id() != target_cgid)
+		return 0;
+	c = get_counters();
+	if (!c)
+		return 0;
+	st = bpf_task_storage_get(&task_states, prev, 0,
 				  BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (st)
-		st->queued_at = bpf_ktime_get_ns();
-}
+	if (!st) {
+		// No memory for the task's state: classify this switch alone.
+		if (preempt || prev_state == TASK_RUNNING)
+			c->involuntary_switches++;
+		else if (!(prev_state & TASK_DEAD))
+			c->voluntary_switches++;
+		return 0;
+	}
 
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(on_sched_wakeup, struct task_struct *p)
-{
-	mark_queued(p);
-	return 0;
-}
+	__u64 rt = prev->se.sum_exec_runtime;
+	__u64 nv = prev->nvcsw;
+	__u64 niv = prev->nivcsw;
+	__u64 dv = nv - st->last_nvcsw;
 
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(on_sched_wakeup_new, struct task_struct *p)
-{
-	mark_queued(p);
+	c->cpu_ns += rt - st->last_runtime;
+	st->last_runtime = rt;
+
+	// The kernel's counters rather than a classification of this switch
+	// from its arguments: a task going to sleep with a signal pending is
+	// switched out runnable but counted voluntary (by rusage too).
+	// An exiting thread's final switch comes after its counts were
+	// folded into its process (release_task), so rusage never sees it;
+	// skip it to match. A group leader's final switch normally precedes
+	// its reaping by the parent, so rusage has that one.
+	if ((prev_state & TASK_DEAD) && prev->pid != prev->tgid && dv)
+		dv--;
+	c->voluntary_switches += dv;
+	c->involuntary_switches += niv - st->last_nivcsw;
+	st->last_nvcsw = nv;
+	st->last_nivcsw = niv;
+
+	// sched_info exists with CONFIG_SCHED_INFO (TASK_DELAY_ACCT or
+	// SCHEDSTATS). run_delay sums the waits from becoming runnable
+	// (wakeup, new task, preemption) to running; pcount counts the
+	// arrivals, normally exactly one since the previous switch-out.
+	if (bpf_core_field_exists(prev->sched_info)) {
+		__u64 delay = prev->sched_info.run_delay;
+		__u64 pc = prev->sched_info.pcount;
+		__u64 dw = delay - st->last_run_delay;
+		__u64 dp = pc - st->last_pcount;
+
+		st->last_run_delay = delay;
+		st->last_pcount = pc;
+		if (dp) {
+			__u32 slot = log2_u64(dp == 1 ? dw : dw / dp);
+
+			if (slot >= HIST_SLOTS)
+				slot = HIST_SLOTS - 1;
+			c->runq_wait_ns += dw;
+			c->runq_waits += dp;
+			c->runq_hist[slot] += dp;
+		}
+	}
 	return 0;
 }
 

@@ -55,8 +55,8 @@ func newCollector(s *Session) *collector {
 		c.netRecvPkts = d("statexec_process_network_received_packets_total", "Packets received by sockets of the command's tree (GRO segments counted).")
 		c.schedCPU = d("statexec_process_sched_cpu_seconds_total", "On-CPU time of the command's tree from the scheduler's sum_exec_runtime (eBPF sched_switch).")
 		c.schedCS = d("statexec_process_sched_context_switches_total", "Context switches of the command's tree seen by the scheduler, by kind (voluntary or involuntary).", "kind")
-		c.runqWait = d("statexec_process_sched_runqueue_wait_seconds_total", "Time tasks of the command's tree spent runnable but waiting for a CPU (wakeup or preemption to switch-in).")
-		c.runqLatency = d("statexec_process_sched_runqueue_latency_seconds", "Run-queue latency of the command's tree: wakeup or preemption to switch-in.")
+		c.runqWait = d("statexec_process_sched_runqueue_wait_seconds_total", "Time tasks of the command's tree spent runnable but waiting for a CPU (wakeup, creation or preemption to switch-in; the kernel's sched_info run_delay).")
+		c.runqLatency = d("statexec_process_sched_runqueue_latency_seconds", "Run-queue latency of the command's tree: each wait from becoming runnable (wakeup, creation or preemption) to running.")
 		c.forks = d("statexec_process_forks_total", "Tasks (processes and threads) created in the command's tree, the command itself included.")
 	}
 	return c

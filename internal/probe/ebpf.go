@@ -50,8 +50,6 @@ func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
 
 	for _, p := range []*ebpf.Program{
 		b.objs.OnSchedSwitch,
-		b.objs.OnSchedWakeup,
-		b.objs.OnSchedWakeupNew,
 		b.objs.OnSchedProcessFork,
 		b.objs.OnSchedProcessExit,
 	} {

@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -249,5 +250,44 @@ func TestPeakRSSWithoutSampling(t *testing.T) {
 	runChild(t, s, helperEnv+"=mem", "HELPER_MS=0")
 	if peak := s.Summary().PeakRSSBytes; peak < 100<<20 {
 		t.Errorf("peak rss = %d, want >= 100 MiB", peak)
+	}
+}
+
+// TestEBPFRunqueueWait compares the run-queue wait with the kernel's
+// per-thread run_delay the child reads itself just before it exits, with a
+// CPU burner outside competing for the CPUs.
+func TestEBPFRunqueueWait(t *testing.T) {
+	s := startEBPF(t)
+	burnOutside(t)
+	burnOutside(t)
+	file := filepath.Join(t.TempDir(), "schedstat")
+	runChild(t, s, helperEnv+"=burn", "HELPER_MS=1000", "HELPER_SCHEDSTAT_FILE="+file)
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var delayNs, pcount float64
+	if _, err := fmt.Sscan(string(data), &delayNs, &pcount); err != nil {
+		t.Fatal(err)
+	}
+	m := metrics(t, s)
+	wait := m["statexec_process_sched_runqueue_wait_seconds_total"]
+	count := m["statexec_process_sched_runqueue_latency_seconds_count"]
+	sum := m["statexec_process_sched_runqueue_latency_seconds_sum"]
+	t.Logf("run-queue wait %.4fs over %.0f waits; child's own run_delay %.4fs over %.0f arrivals", wait, count, delayNs/1e9, pcount)
+	// The child's reading misses only the waits of its exit path.
+	if wait < delayNs/1e9 || wait > delayNs/1e9*1.05+0.002 {
+		t.Errorf("run-queue wait %.4fs, child's run_delay %.4fs", wait, delayNs/1e9)
+	}
+	if count < pcount || count > pcount*1.05+10 {
+		t.Errorf("run-queue waits %.0f, child's arrivals %.0f", count, pcount)
+	}
+	if sum != wait {
+		t.Errorf("histogram sum %v != wait total %v", sum, wait)
+	}
+	// Every switch-out ends a slice that began with one arrival.
+	switches := m["statexec_process_sched_context_switches_total{kind=voluntary}"] + m["statexec_process_sched_context_switches_total{kind=involuntary}"]
+	if math.Abs(count-switches) > 0.02*switches+20 {
+		t.Errorf("run-queue waits %.0f vs switches %.0f", count, switches)
 	}
 }

@@ -14,11 +14,12 @@ import (
 )
 
 type statexecTaskState struct {
-	_           structs.HostLayout
-	LastRuntime uint64
-	QueuedAt    uint64
-	LastNvcsw   uint64
-	LastNivcsw  uint64
+	_            structs.HostLayout
+	LastRuntime  uint64
+	LastNvcsw    uint64
+	LastNivcsw   uint64
+	LastRunDelay uint64
+	LastPcount   uint64
 }
 
 type statexecTreeCounters struct {
@@ -50,8 +51,6 @@ const (
 	statexecProgOnSchedProcessExit = "on_sched_process_exit"
 	statexecProgOnSchedProcessFork = "on_sched_process_fork"
 	statexecProgOnSchedSwitch      = "on_sched_switch"
-	statexecProgOnSchedWakeup      = "on_sched_wakeup"
-	statexecProgOnSchedWakeupNew   = "on_sched_wakeup_new"
 	statexecVarTargetCgid          = "target_cgid"
 )
 
@@ -102,8 +101,6 @@ type statexecProgramSpecs struct {
 	OnSchedProcessExit *ebpf.ProgramSpec `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.ProgramSpec `ebpf:"on_sched_process_fork"`
 	OnSchedSwitch      *ebpf.ProgramSpec `ebpf:"on_sched_switch"`
-	OnSchedWakeup      *ebpf.ProgramSpec `ebpf:"on_sched_wakeup"`
-	OnSchedWakeupNew   *ebpf.ProgramSpec `ebpf:"on_sched_wakeup_new"`
 }
 
 // statexecMapSpecs contains maps before they are loaded into the kernel.
@@ -168,8 +165,6 @@ type statexecPrograms struct {
 	OnSchedProcessExit *ebpf.Program `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.Program `ebpf:"on_sched_process_fork"`
 	OnSchedSwitch      *ebpf.Program `ebpf:"on_sched_switch"`
-	OnSchedWakeup      *ebpf.Program `ebpf:"on_sched_wakeup"`
-	OnSchedWakeupNew   *ebpf.Program `ebpf:"on_sched_wakeup_new"`
 }
 
 func (p *statexecPrograms) Close() error {
@@ -179,8 +174,6 @@ func (p *statexecPrograms) Close() error {
 		p.OnSchedProcessExit,
 		p.OnSchedProcessFork,
 		p.OnSchedSwitch,
-		p.OnSchedWakeup,
-		p.OnSchedWakeupNew,
 	)
 }
 
