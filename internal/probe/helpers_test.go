@@ -75,7 +75,7 @@ func runHelper(mode string) error {
 		}
 		return nil
 	case "mem":
-		buf := make([]byte, 100<<20)
+		buf := make([]byte, envInt("HELPER_MB", 100)<<20)
 		for i := 0; i < len(buf); i += os.Getpagesize() {
 			buf[i] = 1
 		}
