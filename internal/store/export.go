@@ -47,7 +47,8 @@ func (s *Store) WriteFile(path string, format Format) (err error) {
 		}
 	}()
 	bw := bufio.NewWriterSize(tmp, 256<<10)
-	if err = s.Export(bw, format); err != nil {
+	// Sort in the output's directory: the spool's may be the full one.
+	if err = s.export(bw, format, filepath.Dir(path)); err != nil {
 		return err
 	}
 	if err = bw.Flush(); err != nil {
@@ -76,10 +77,20 @@ func (s *Store) WriteFile(path string, format Format) (err error) {
 // each series' points contiguous and in time order. It runs in time linear
 // in the number of points and memory linear in the number of series.
 func (s *Store) Export(w io.Writer, format Format) error {
-	if err := s.flush(); err != nil {
-		return err
+	return s.export(w, format, filepath.Dir(s.path))
+}
+
+func (s *Store) export(w io.Writer, format Format, scratchDir string) error {
+	if s.flush() != nil {
+		// The spool could not be written completely (disk full): export
+		// what it holds, as recovery would.
+		r, _, err := Open(s.path)
+		if err != nil {
+			return err
+		}
+		s = r
 	}
-	scratch, offsets, err := s.sortPoints()
+	scratch, offsets, err := s.sortPoints(scratchDir)
 	if err != nil {
 		return err
 	}
@@ -101,7 +112,7 @@ func pointSize(se *series) int64 { return int64(8 + 8*se.nvals) }
 
 // sortPoints copies every point from the spool into a scratch file in
 // which each series owns one contiguous region, in export order.
-func (s *Store) sortPoints() (*os.File, []int64, error) {
+func (s *Store) sortPoints(dir string) (*os.File, []int64, error) {
 	offsets := make([]int64, len(s.series))
 	var total int64
 	for _, fam := range s.families {
@@ -110,7 +121,7 @@ func (s *Store) sortPoints() (*os.File, []int64, error) {
 			total += int64(s.series[si].points) * pointSize(s.series[si])
 		}
 	}
-	scratch, err := os.CreateTemp(filepath.Dir(s.path), ".statexec-sort-*")
+	scratch, err := os.CreateTemp(dir, ".statexec-sort-*")
 	if err != nil {
 		return nil, nil, fmt.Errorf("store: create scratch file: %w", err)
 	}

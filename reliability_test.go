@@ -1,0 +1,262 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/statexec/statexec/internal/testenv"
+)
+
+// processGone reports whether pid has exited (gone, or a zombie).
+func processGone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && len(s) > i+2 && s[i+2] == 'Z'
+}
+
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); ; time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, limit)
+		}
+	}
+}
+
+func readPid(t *testing.T, path string) int {
+	t.Helper()
+	var pid int
+	waitFor(t, "pid file "+path, 10*time.Second, func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	return pid
+}
+
+// cgroupsOf lists the cgroup directories statexec pid created.
+func cgroupsOf(pid int) []string {
+	var found []string
+	for _, root := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+			if err != nil || !d.IsDir() {
+				return nil
+			}
+			if strings.HasPrefix(d.Name(), fmt.Sprintf("statexec-%d-", pid)) {
+				found = append(found, path)
+				return filepath.SkipDir
+			}
+			return nil
+		})
+	}
+	return found
+}
+
+// TestKilledStatexecLosesAtMostOneInterval: SIGKILL statexec mid-run; the
+// command dies with it, the spool holds every sample but the interval in
+// progress, `statexec recover` and the next run turn it into a valid file,
+// and the next run removes the dead run's cgroup.
+func TestKilledStatexecLosesAtMostOneInterval(t *testing.T) {
+	testenv.Require(t, "promtool")
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child.pid")
+	file := filepath.Join(dir, "m.txt")
+	env := []string{"SE_METRICS_FILE=" + file, "SE_INTERVAL=100ms", "SE_TIME_RELATIVE=1704067200000"}
+	b := startStatexec(t, env, "exec", "sh", "-c", "echo $$ > "+pidFile+"; exec sleep 60")
+	started := time.Now()
+	child := readPid(t, pidFile)
+	time.Sleep(1200 * time.Millisecond)
+	b.cmd.Process.Signal(syscall.SIGKILL)
+	killedAt := time.Since(started)
+	<-b.done
+	waitFor(t, "the command to die with statexec", 3*time.Second, func() bool { return processGone(child) })
+
+	spool := file + ".spool"
+	out := filepath.Join(dir, "recovered.txt")
+	r := statexec(t, "", nil, "recover", spool, out)
+	if r.code != 0 || !strings.Contains(r.stdout, "recovered") {
+		t.Fatalf("recover: exit %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	f := checkComplete(t, nil, out)
+	status := f.Series("statexec_command_status", nil)
+	last := status[len(status)-1].TimestampMs - 1704067200000
+	// The last sample kept is at most one interval (plus scheduling
+	// slack) before the kill.
+	if lost := killedAt.Milliseconds() - last; lost > 100+150 {
+		t.Fatalf("last sample at %d ms, killed at %d ms: %d ms lost", last, killedAt.Milliseconds(), lost)
+	}
+	if len(status) < 10 || status[len(status)-1].Value != 1 {
+		t.Fatalf("%d status samples, last %v", len(status), status[len(status)-1].Value)
+	}
+	if _, err := os.Stat(spool); err == nil {
+		t.Fatal("recover left the spool")
+	}
+
+	// Killed again: this time the next run recovers the spool itself.
+	b = startStatexec(t, env, "exec", "sleep", "60")
+	waitFor(t, "spool", 5*time.Second, func() bool { _, err := os.Stat(spool); return err == nil })
+	time.Sleep(500 * time.Millisecond)
+	b.cmd.Process.Signal(syscall.SIGKILL)
+	<-b.done
+	r = statexec(t, "", env, "exec", "true")
+	if r.code != 0 || !strings.Contains(r.stderr, "recovered") {
+		t.Fatalf("next run: exit %d stderr %s", r.code, r.stderr)
+	}
+	matches, _ := filepath.Glob(file + ".recovered-*")
+	if len(matches) != 1 {
+		t.Fatalf("recovered files: %v", matches)
+	}
+	checkComplete(t, nil, matches[0])
+	if left := cgroupsOf(b.cmd.Process.Pid); len(left) != 0 {
+		t.Fatalf("cgroups of the killed run left after the next run: %v", left)
+	}
+}
+
+// phaseCase is one mode and phase in which statexec gets a signal.
+type phaseCase struct {
+	name string
+	env  []string
+	args []string
+	// code is the expected exit code for signal sig.
+	code func(sig syscall.Signal) int
+}
+
+// TestSignalsInEveryPhase sends SIGINT, SIGTERM and SIGHUP to statexec in
+// every mode and phase, 20 times each, and checks the file every time.
+func TestSignalsInEveryPhase(t *testing.T) {
+	testenv.Require(t, "victoria-metrics", "promtool")
+	syncServer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/start" {
+			w.WriteHeader(http.StatusCreated)
+		} else {
+			w.WriteHeader(http.StatusAccepted)
+		}
+	}))
+	defer syncServer.Close()
+	killed := func(sig syscall.Signal) int { return 128 + int(sig) }
+	ok := func(syscall.Signal) int { return 0 }
+	fast := []string{"SE_INTERVAL=50ms", "SE_SUMMARY=0"}
+	cases := []phaseCase{
+		{"exec/before", append([]string{"SE_WAIT_TIME_BEFORE_COMMAND=30"}, fast...), []string{"exec", "true"}, killed},
+		{"exec/running", fast, []string{"exec", "sleep", "30"}, killed},
+		{"exec/after", append([]string{"SE_WAIT_TIME_AFTER_COMMAND=30"}, fast...), []string{"exec", "true"}, ok},
+		{"waitStart/waiting", append([]string{"SE_SYNC_LISTEN=127.0.0.1:0"}, fast...), []string{"waitStart", "true"}, killed},
+		{"waitStartAndStop/waiting", append([]string{"SE_SYNC_LISTEN=127.0.0.1:0"}, fast...), []string{"waitStartAndStop", "true"}, killed},
+		{"syncStart/running", fast, []string{"syncStart", syncServer.URL, "sleep", "30"}, killed},
+		{"syncStartAndStop/after", append([]string{"SE_WAIT_TIME_AFTER_COMMAND=30"}, fast...), []string{"syncStartAndStop", syncServer.URL, "true"}, ok},
+	}
+	vm := testenv.StartVictoriaMetrics(t)
+	signals := []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for i := range 20 {
+				sig := signals[i%len(signals)]
+				b := startStatexec(t, c.env, c.args...)
+				time.Sleep(300 * time.Millisecond)
+				b.cmd.Process.Signal(sig)
+				b.wait(t, 10*time.Second)
+				if want := c.code(sig); b.code != want {
+					t.Fatalf("run %d, %v: exit %d, want %d; stderr:\n%s", i, sig, b.code, want, b.stderr.String())
+				}
+				f := checkComplete(t, vm, b.file)
+				if len(f.Series("statexec_command_status", nil)) < 3 {
+					t.Fatalf("run %d: only %d status samples", i, len(f.Series("statexec_command_status", nil)))
+				}
+			}
+		})
+	}
+}
+
+// TestSignalForwardedOnce: the command gets a signal sent to statexec
+// exactly once, and statexec exits with the command's code.
+func TestSignalForwardedOnce(t *testing.T) {
+	script := `trap 'n=$((n+1)); echo "got $n"' TERM; n=0; i=0; while [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); if [ $n -gt 0 ]; then sleep 0.3; exit 7; fi; done`
+	b := startStatexec(t, []string{"SE_SUMMARY=0"}, "exec", "sh", "-c", script)
+	time.Sleep(500 * time.Millisecond)
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	b.wait(t, 10*time.Second)
+	if b.code != 7 || b.stdout.String() != "got 1\n" {
+		t.Fatalf("exit %d, stdout %q", b.code, b.stdout.String())
+	}
+	testenv.ParseFile(t, b.file)
+}
+
+// TestStoppedStatexecKeepsTimestampsMonotonic: SIGSTOP statexec for 3 s;
+// the timestamps jump by the pause and stay increasing.
+func TestStoppedStatexecKeepsTimestampsMonotonic(t *testing.T) {
+	b := startStatexec(t, []string{"SE_INTERVAL=100ms", "SE_SUMMARY=0"}, "exec", "sleep", "4.5")
+	time.Sleep(700 * time.Millisecond)
+	b.cmd.Process.Signal(syscall.SIGSTOP)
+	time.Sleep(3 * time.Second)
+	b.cmd.Process.Signal(syscall.SIGCONT)
+	b.wait(t, 10*time.Second)
+	f := testenv.ParseFile(t, b.file) // checks strictly increasing per series
+	status := f.Series("statexec_command_status", nil)
+	gap := int64(0)
+	for i := 1; i < len(status); i++ {
+		gap = max(gap, status[i].TimestampMs-status[i-1].TimestampMs)
+	}
+	if gap < 2900 {
+		t.Fatalf("largest gap %d ms, want the 3 s pause", gap)
+	}
+}
+
+// TestDiskFullMidRun: the metrics directory fills up; the command still
+// runs to its end, statexec says so and exits non-zero, and what was
+// written can be recovered.
+func TestDiskFullMidRun(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	defer exec.Command("umount", "-l", dir).Run()
+	marker := filepath.Join(t.TempDir(), "done")
+	r := statexec(t, "", []string{"SE_METRICS_FILE=" + filepath.Join(dir, "m.txt"), "SE_INTERVAL=10ms"},
+		"exec", "sh", "-c", "sleep 2; echo done > "+marker)
+	if r.code == 0 || !strings.Contains(r.stderr, "no space left on device") {
+		t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+	if b, _ := os.ReadFile(marker); string(b) != "done\n" {
+		t.Fatal("the command did not run to its end")
+	}
+	out := filepath.Join(t.TempDir(), "recovered.txt")
+	rec := statexec(t, "", nil, "recover", filepath.Join(dir, "m.txt.spool"), out)
+	if rec.code != 0 {
+		t.Fatalf("recover: %d %s", rec.code, rec.stderr)
+	}
+	if f := testenv.ParseFile(t, out); len(f.Series("statexec_command_status", nil)) < 2 {
+		t.Fatal("nothing recovered")
+	}
+}
+
+func TestOldOriginHint(t *testing.T) {
+	r := statexec(t, "", []string{"SE_TIME_RELATIVE=1704067200000"}, "exec", "true")
+	if r.code != 0 || !strings.Contains(r.stderr, "-retentionPeriod") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := statexec(t, "", nil, "exec", "true"); strings.Contains(r.stderr, "retentionPeriod") {
+		t.Fatalf("hint without SE_TIME_RELATIVE: %q", r.stderr)
+	}
+}
