@@ -269,3 +269,59 @@ func TestSyncServerCommandFailsToStart(t *testing.T) {
 		t.Fatalf("server exit %d, want 127; %s", srv.code, srv.stderr.String())
 	}
 }
+
+// TestIperf3ExampleAcrossNamespaces runs the README's example for real:
+// iperf3 server and client under statexec in two network namespaces.
+func TestIperf3ExampleAcrossNamespaces(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces need root")
+	}
+	testenv.Require(t, "iperf3", "ip", "victoria-metrics", "promtool")
+	out := t.TempDir()
+	cmd := exec.Command("scripts/example.sh", out, "2")
+	cmd.Env = append(os.Environ(), "STATEXEC="+statexecBin, "SE_INTERVAL=250ms")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("example: %v\n%s", err, b)
+	}
+	vm := testenv.StartVictoriaMetrics(t)
+	files := map[string]*testenv.File{}
+	for role, name := range map[string]string{"server": "statexec_metrics_server.txt", "client": "statexec_metrics.txt"} {
+		f := checkComplete(t, vm, filepath.Join(out, name))
+		files[role] = f
+		if seq := statusSequence(f); fmt.Sprint(seq) != "[0 1 2]" {
+			t.Fatalf("%s status %v", role, seq)
+		}
+		if s := f.Samples[0]; s.Labels["role"] != role || s.Labels["instance"] != role {
+			t.Fatalf("%s labels %v", role, s.Labels)
+		}
+	}
+	// 2 s of iperf3 over the veth moves far more than 50 MB; the client's
+	// host metrics see it on its veth interface (its own namespace).
+	veth := files["client"].Series("statexec_network_sent_bytes_total", nil)
+	var vethSent []float64
+	for _, s := range veth {
+		if strings.HasPrefix(s.Labels["interface"], "vc") {
+			vethSent = append(vethSent, s.Value)
+		}
+	}
+	if len(vethSent) < 2 || vethSent[len(vethSent)-1]-vethSent[0] < 50e6 {
+		t.Fatalf("client veth sent: %v", vethSent)
+	}
+	sent := vethSent[len(vethSent)-1] - vethSent[0]
+	// With eBPF, the command's own count is the veth's: only iperf3
+	// talks there (the sync requests are outside the command's cgroup).
+	if info := files["client"].Series("statexec_probe_info", map[string]string{"backend": "ebpf"}); len(info) > 0 {
+		proc := files["client"].Series("statexec_process_network_sent_bytes_total", nil)
+		got := proc[len(proc)-1].Value
+		if got < 0.95*sent || got > 1.05*sent {
+			t.Fatalf("iperf3 client sent %.0f bytes per eBPF, the veth %.0f", got, sent)
+		}
+	} else if os.Geteuid() == 0 {
+		t.Logf("probes ran in plain mode")
+	}
+	// Both files start on the same origin.
+	first := func(f *testenv.File) int64 { return f.Series("statexec_command_status", nil)[0].TimestampMs }
+	if d := first(files["server"]) - first(files["client"]); d < -3000 || d > 3000 {
+		t.Fatalf("first samples %d ms apart", d)
+	}
+}
