@@ -10,7 +10,6 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
 
 char __license[] SEC("license") = "GPL";
 
@@ -18,6 +17,28 @@ char __license[] SEC("license") = "GPL";
 // directory) of the command's cgroup. As a .rodata constant the verifier
 // sees it, and it costs no map lookup.
 const volatile __u64 target_cgid = 0;
+
+// Field offsets in the running kernel, found by the loader in
+// /sys/kernel/btf/vmlinux (internal/probe/kbtf.go). Not CO-RE on purpose:
+// CO-RE relocations (and tp_btf attach targets) make the Go loader decode
+// the whole kernel BTF, tens of milliseconds per run. Frozen .rodata
+// values are known constants to the verifier, so task + off_x is a plain
+// typed pointer access that it checks against the kernel's BTF as usual.
+const volatile __u32 off_sum_exec_runtime = 0; // task_struct.se.sum_exec_runtime
+const volatile __u32 off_nvcsw = 0;
+const volatile __u32 off_nivcsw = 0;
+const volatile __u32 off_state = 0; // task_struct.__state
+const volatile __u32 off_pid = 0;
+const volatile __u32 off_tgid = 0;
+const volatile __u32 off_cgroups = 0;  // task_struct.cgroups
+const volatile __u32 off_dfl_cgrp = 0; // css_set.dfl_cgrp
+const volatile __u32 off_kn = 0;       // cgroup.kn
+const volatile __u32 off_kn_id = 0;    // kernfs_node.id
+const volatile bool have_sched_info = false;
+const volatile __u32 off_run_delay = 0; // task_struct.sched_info.run_delay
+const volatile __u32 off_pcount = 0;    // task_struct.sched_info.pcount
+
+#define FIELD(type, ptr, off) (*(type *)((char *)(ptr) + (off)))
 
 #define TASK_RUNNING 0
 #define TASK_DEAD 0x80
@@ -39,9 +60,6 @@ struct tree_counters {
 	__u64 runq_wait_ns;
 	__u64 runq_waits;
 	__u64 tasks_created;
-	__u64 procs_created;
-	__u64 tasks_exited;
-	__u64 procs_exited;
 	__u64 runq_hist[HIST_SLOTS];
 };
 
@@ -78,23 +96,22 @@ static __always_inline struct tree_counters *get_counters(void)
 	return bpf_map_lookup_elem(&counters, &zero);
 }
 
-// Inlined by the verifier into a register move: it only marks the pointer
-// untrusted, see in_target.
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
-
-// Plain BTF pointer loads: much cheaper at run time than BPF_CORE_READ
-// chains of bpf_probe_read_kernel calls. They go through an untrusted alias
-// of the (trusted) tracepoint argument: for every pointer loaded from a
-// trusted pointer the verifier searches the whole kernel BTF by name (up to
-// four linear scans, for __safe_trusted/__safe_rcu variants), which made
-// loading these programs cost tens of milliseconds. Untrusted loads are
-// the same exception-handled loads at run time.
-static __always_inline bool in_target(struct task_struct *t)
+// in_target follows an untrusted task pointer (a raw tracepoint argument)
+// to its cgroup id with probe reads: only used on rare events (fork).
+static __always_inline bool in_target(void *task)
 {
-	struct task_struct *u =
-		bpf_rdonly_cast(t, bpf_core_type_id_kernel(struct task_struct));
+	void *p = 0;
+	__u64 id = 0;
 
-	return u->cgroups->dfl_cgrp->kn->id == target_cgid;
+	if (bpf_probe_read_kernel(&p, sizeof(p), (char *)task + off_cgroups) || !p)
+		return false;
+	if (bpf_probe_read_kernel(&p, sizeof(p), (char *)p + off_dfl_cgrp) || !p)
+		return false;
+	if (bpf_probe_read_kernel(&p, sizeof(p), (char *)p + off_kn) || !p)
+		return false;
+	if (bpf_probe_read_kernel(&id, sizeof(id), (char *)p + off_kn_id))
+		return false;
+	return id == target_cgid;
 }
 
 static __always_inline __u32 log2_u32(__u32 v)
@@ -135,12 +152,16 @@ static __always_inline __u32 log2_u64(__u64 v)
 // deltas are its whole history: it was born in the cgroup at zero
 // (CLONE_INTO_CGROUP / fork). A dead task switches out one last time,
 // which accounts its final slice too.
-SEC("tp_btf/sched_switch")
-int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev,
-	     struct task_struct *next, unsigned int prev_state)
+//
+// Raw tracepoint: attached by name, so the loader needs no kernel BTF.
+// ctx: preempt, prev, next[, prev_state since 5.18: not used].
+SEC("raw_tp/sched_switch")
+int on_sched_switch(__u64 *ctx)
 {
 	struct tree_counters *c;
 	struct task_state *st;
+	struct task_struct *prev;
+	bool preempt = ctx[0];
 
 	// prev is current: the helper is the cheapest way to its cgroup.
 	if (bpf_get_current_cgroup_id() != target_cgid)
@@ -148,20 +169,24 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev,
 	c = get_counters();
 	if (!c)
 		return 0;
+	// The same task as ctx[1], as a pointer the verifier trusts (task
+	// storage needs one, and it allows plain loads of its fields).
+	prev = bpf_get_current_task_btf();
+	__u32 state = FIELD(__u32, prev, off_state);
 	st = bpf_task_storage_get(&task_states, prev, 0,
 				  BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st) {
 		// No memory for the task's state: classify this switch alone.
-		if (preempt || prev_state == TASK_RUNNING)
+		if (preempt || state == TASK_RUNNING)
 			c->involuntary_switches++;
-		else if (!(prev_state & TASK_DEAD))
+		else if (!(state & TASK_DEAD))
 			c->voluntary_switches++;
 		return 0;
 	}
 
-	__u64 rt = prev->se.sum_exec_runtime;
-	__u64 nv = prev->nvcsw;
-	__u64 niv = prev->nivcsw;
+	__u64 rt = FIELD(__u64, prev, off_sum_exec_runtime);
+	__u64 nv = FIELD(unsigned long, prev, off_nvcsw);
+	__u64 niv = FIELD(unsigned long, prev, off_nivcsw);
 	__u64 dv = nv - st->last_nvcsw;
 
 	c->cpu_ns += rt - st->last_runtime;
@@ -174,20 +199,20 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev,
 	// folded into its process (release_task), so rusage never sees it;
 	// skip it to match. A group leader's final switch normally precedes
 	// its reaping by the parent, so rusage has that one.
-	if ((prev_state & TASK_DEAD) && prev->pid != prev->tgid && dv)
+	if ((state & TASK_DEAD) && dv &&
+	    FIELD(int, prev, off_pid) != FIELD(int, prev, off_tgid))
 		dv--;
 	c->voluntary_switches += dv;
 	c->involuntary_switches += niv - st->last_nivcsw;
 	st->last_nvcsw = nv;
 	st->last_nivcsw = niv;
 
-	// sched_info exists with CONFIG_SCHED_INFO (TASK_DELAY_ACCT or
-	// SCHEDSTATS). run_delay sums the waits from becoming runnable
-	// (wakeup, new task, preemption) to running; pcount counts the
-	// arrivals, normally exactly one since the previous switch-out.
-	if (bpf_core_field_exists(prev->sched_info)) {
-		__u64 delay = prev->sched_info.run_delay;
-		__u64 pc = prev->sched_info.pcount;
+	// run_delay sums the waits from becoming runnable (wakeup, new task,
+	// preemption) to running; pcount counts the arrivals, normally
+	// exactly one since the previous switch-out.
+	if (have_sched_info) {
+		__u64 delay = FIELD(__u64, prev, off_run_delay);
+		__u64 pc = FIELD(unsigned long, prev, off_pcount);
 		__u64 dw = delay - st->last_run_delay;
 		__u64 dp = pc - st->last_pcount;
 
@@ -206,47 +231,36 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev,
 	return 0;
 }
 
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(on_sched_process_fork, struct task_struct *parent,
-	     struct task_struct *child)
+// ctx: parent, child. The child is already attached to its cgroup here, so
+// this also counts the command's root, born into the cgroup by clone3
+// from a parent outside it.
+SEC("raw_tp/sched_process_fork")
+int on_sched_process_fork(__u64 *ctx)
 {
 	struct tree_counters *c;
+	void *child = (void *)ctx[1];
 
-	// The child is already attached to its cgroup here, so this also
-	// counts the command's root, born into the cgroup by clone3.
 	if (!in_target(child))
 		return 0;
 	c = get_counters();
-	if (!c)
-		return 0;
-	c->tasks_created++;
-	if (child->pid == child->tgid)
-		c->procs_created++;
-	return 0;
-}
-
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(on_sched_process_exit, struct task_struct *p, bool group_dead)
-{
-	struct tree_counters *c;
-
-	if (!in_target(p))
-		return 0;
-	c = get_counters();
-	if (!c)
-		return 0;
-	c->tasks_exited++;
-	if (group_dead)
-		c->procs_exited++;
+	if (c)
+		c->tasks_created++;
 	return 0;
 }
 
 // cgroup_skb programs run only for sockets of the attached cgroup (and its
 // descendants), so they need no filter. skb->len includes the IP header;
 // gso_segs turns one GSO/GRO super-packet into its wire packet count.
+//
+// __sk_buff is UAPI with a fixed layout: read it at offsetof() constants,
+// not as vmlinux.h members, which would be CO-RE relocations (and make the
+// loader decode the kernel BTF).
+#define SKB_U32(skb, field) \
+	(*(__u32 *)((char *)(skb) + __builtin_offsetof(struct __sk_buff, field)))
+
 static __always_inline __u64 segs(struct __sk_buff *skb)
 {
-	__u32 n = skb->gso_segs;
+	__u32 n = SKB_U32(skb, gso_segs);
 
 	return n ? n : 1;
 }
@@ -257,7 +271,7 @@ int count_egress(struct __sk_buff *skb)
 	struct tree_counters *c = get_counters();
 
 	if (c) {
-		c->tx_bytes += skb->len;
+		c->tx_bytes += SKB_U32(skb, len);
 		c->tx_packets += segs(skb);
 	}
 	return 1; // allow
@@ -269,7 +283,7 @@ int count_ingress(struct __sk_buff *skb)
 	struct tree_counters *c = get_counters();
 
 	if (c) {
-		c->rx_bytes += skb->len;
+		c->rx_bytes += SKB_U32(skb, len);
 		c->rx_packets += segs(skb);
 	}
 	return 1; // allow

@@ -16,8 +16,7 @@ const (
 )
 
 // collector exports a Session's samples. The metric set is fixed when the
-// session starts: the eBPF families exist only with the eBPF backend, and
-// the process/thread gauges come from exactly one source.
+// session starts: the eBPF families exist only with the eBPF backend.
 type collector struct {
 	s *Session
 
@@ -100,14 +99,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.cs, float64(p.vcs), "voluntary")
 	counter(c.cs, float64(p.ivcs), "involuntary")
 
+	// One source in both backends: cgroup.procs/cgroup.threads (exact)
+	// or the /proc walk.
+	gauge(c.processes, float64(p.procs))
+	gauge(c.threads, float64(p.threads))
 	if c.s.bpf == nil {
-		gauge(c.processes, float64(p.procs))
-		gauge(c.threads, float64(p.threads))
 		return
 	}
 	b := snap.bpf
-	gauge(c.processes, float64(sub(b.ProcsCreated, b.ProcsExited)))
-	gauge(c.threads, float64(sub(b.TasksCreated, b.TasksExited)))
 	counter(c.netSentBytes, float64(b.TxBytes))
 	counter(c.netRecvBytes, float64(b.RxBytes))
 	counter(c.netSentPkts, float64(b.TxPackets))
@@ -133,13 +132,4 @@ func runqBuckets(h *[histSlots]uint64) (uint64, map[float64]uint64) {
 		}
 	}
 	return cum, buckets
-}
-
-// sub is a-b clamped at 0: a task's exit may be counted on one CPU before
-// its creation is summed from another in the same read.
-func sub(a, b uint64) uint64 {
-	if b > a {
-		return 0
-	}
-	return a - b
 }

@@ -19,7 +19,7 @@ type bpfProbes struct {
 	cpus  []statexecTreeCounters // reused per-CPU read buffer
 }
 
-// loadBPF loads the programs filtered to cg and attaches them: tp_btf
+// loadBPF loads the programs filtered to cg and attaches them: raw
 // tracepoints globally (they filter by cgroup id), cgroup_skb on cg itself.
 // On error everything opened so far is closed.
 func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
@@ -27,16 +27,37 @@ func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
 	// error is ignored: without privileges it fails for the same reason
 	// the load below will, and the load's error names the real cause.
 	_ = rlimit.RemoveMemlock()
+	layout, err := loadKernelLayout()
+	if err != nil {
+		return nil, err
+	}
 	spec, err := loadStatexec()
 	if err != nil {
 		return nil, fmt.Errorf("parse BPF objects: %w", err)
 	}
-	v, ok := spec.Variables["target_cgid"]
-	if !ok {
-		return nil, errors.New("BPF object has no target_cgid")
-	}
-	if err := v.Set(cg.id); err != nil {
-		return nil, err
+	for name, value := range map[string]any{
+		"target_cgid":          cg.id,
+		"off_sum_exec_runtime": layout.SumExecRuntime,
+		"off_nvcsw":            layout.Nvcsw,
+		"off_nivcsw":           layout.Nivcsw,
+		"off_state":            layout.State,
+		"off_pid":              layout.Pid,
+		"off_tgid":             layout.Tgid,
+		"off_cgroups":          layout.Cgroups,
+		"off_dfl_cgrp":         layout.DflCgrp,
+		"off_kn":               layout.Kn,
+		"off_kn_id":            layout.KnID,
+		"have_sched_info":      layout.HaveSchedInfo,
+		"off_run_delay":        layout.RunDelay,
+		"off_pcount":           layout.Pcount,
+	} {
+		v, ok := spec.Variables[name]
+		if !ok {
+			return nil, fmt.Errorf("BPF object has no variable %s", name)
+		}
+		if err := v.Set(value); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
 	}
 	b := &bpfProbes{}
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
@@ -48,14 +69,16 @@ func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
 		}
 	}()
 
-	for _, p := range []*ebpf.Program{
-		b.objs.OnSchedSwitch,
-		b.objs.OnSchedProcessFork,
-		b.objs.OnSchedProcessExit,
+	for _, t := range []struct {
+		prog *ebpf.Program
+		name string
+	}{
+		{b.objs.OnSchedSwitch, "sched_switch"},
+		{b.objs.OnSchedProcessFork, "sched_process_fork"},
 	} {
-		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: t.name, Program: t.prog})
 		if err != nil {
-			return nil, fmt.Errorf("attach %s: %w", p, err)
+			return nil, fmt.Errorf("attach %s: %w", t.name, err)
 		}
 		b.links = append(b.links, l)
 	}
@@ -93,9 +116,6 @@ func (b *bpfProbes) read() (statexecTreeCounters, error) {
 		sum.RunqWaitNs += c.RunqWaitNs
 		sum.RunqWaits += c.RunqWaits
 		sum.TasksCreated += c.TasksCreated
-		sum.ProcsCreated += c.ProcsCreated
-		sum.TasksExited += c.TasksExited
-		sum.ProcsExited += c.ProcsExited
 		for j := range c.RunqHist {
 			sum.RunqHist[j] += c.RunqHist[j]
 		}

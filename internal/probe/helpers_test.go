@@ -204,7 +204,7 @@ func startEBPF(t testing.TB) *Session {
 	t.Helper()
 	requireRoot(t)
 	s, err := Start(Options{Mode: ModeEBPF, ConstLabels: prometheus.Labels{"job": "test"}})
-	if errors.Is(err, ebpf.ErrNotSupported) {
+	if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, errNoKernelBTF) {
 		t.Skipf("kernel lacks BPF support: %v", err)
 	}
 	if err != nil {

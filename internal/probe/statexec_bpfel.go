@@ -34,9 +34,6 @@ type statexecTreeCounters struct {
 	RunqWaitNs          uint64
 	RunqWaits           uint64
 	TasksCreated        uint64
-	ProcsCreated        uint64
-	TasksExited         uint64
-	ProcsExited         uint64
 	RunqHist            [32]uint64
 }
 
@@ -48,9 +45,21 @@ const (
 	statexecMapTaskStates          = "task_states"
 	statexecProgCountEgress        = "count_egress"
 	statexecProgCountIngress       = "count_ingress"
-	statexecProgOnSchedProcessExit = "on_sched_process_exit"
 	statexecProgOnSchedProcessFork = "on_sched_process_fork"
 	statexecProgOnSchedSwitch      = "on_sched_switch"
+	statexecVarHaveSchedInfo       = "have_sched_info"
+	statexecVarOffCgroups          = "off_cgroups"
+	statexecVarOffDflCgrp          = "off_dfl_cgrp"
+	statexecVarOffKn               = "off_kn"
+	statexecVarOffKnId             = "off_kn_id"
+	statexecVarOffNivcsw           = "off_nivcsw"
+	statexecVarOffNvcsw            = "off_nvcsw"
+	statexecVarOffPcount           = "off_pcount"
+	statexecVarOffPid              = "off_pid"
+	statexecVarOffRunDelay         = "off_run_delay"
+	statexecVarOffState            = "off_state"
+	statexecVarOffSumExecRuntime   = "off_sum_exec_runtime"
+	statexecVarOffTgid             = "off_tgid"
 	statexecVarTargetCgid          = "target_cgid"
 )
 
@@ -98,7 +107,6 @@ type statexecSpecs struct {
 type statexecProgramSpecs struct {
 	CountEgress        *ebpf.ProgramSpec `ebpf:"count_egress"`
 	CountIngress       *ebpf.ProgramSpec `ebpf:"count_ingress"`
-	OnSchedProcessExit *ebpf.ProgramSpec `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.ProgramSpec `ebpf:"on_sched_process_fork"`
 	OnSchedSwitch      *ebpf.ProgramSpec `ebpf:"on_sched_switch"`
 }
@@ -115,7 +123,20 @@ type statexecMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type statexecVariableSpecs struct {
-	TargetCgid *ebpf.VariableSpec `ebpf:"target_cgid"`
+	HaveSchedInfo     *ebpf.VariableSpec `ebpf:"have_sched_info"`
+	OffCgroups        *ebpf.VariableSpec `ebpf:"off_cgroups"`
+	OffDflCgrp        *ebpf.VariableSpec `ebpf:"off_dfl_cgrp"`
+	OffKn             *ebpf.VariableSpec `ebpf:"off_kn"`
+	OffKnId           *ebpf.VariableSpec `ebpf:"off_kn_id"`
+	OffNivcsw         *ebpf.VariableSpec `ebpf:"off_nivcsw"`
+	OffNvcsw          *ebpf.VariableSpec `ebpf:"off_nvcsw"`
+	OffPcount         *ebpf.VariableSpec `ebpf:"off_pcount"`
+	OffPid            *ebpf.VariableSpec `ebpf:"off_pid"`
+	OffRunDelay       *ebpf.VariableSpec `ebpf:"off_run_delay"`
+	OffState          *ebpf.VariableSpec `ebpf:"off_state"`
+	OffSumExecRuntime *ebpf.VariableSpec `ebpf:"off_sum_exec_runtime"`
+	OffTgid           *ebpf.VariableSpec `ebpf:"off_tgid"`
+	TargetCgid        *ebpf.VariableSpec `ebpf:"target_cgid"`
 }
 
 // statexecObjects contains all objects after they have been loaded into the kernel.
@@ -153,7 +174,20 @@ func (m *statexecMaps) Close() error {
 //
 // It can be passed to loadStatexecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type statexecVariables struct {
-	TargetCgid *ebpf.Variable `ebpf:"target_cgid"`
+	HaveSchedInfo     *ebpf.Variable `ebpf:"have_sched_info"`
+	OffCgroups        *ebpf.Variable `ebpf:"off_cgroups"`
+	OffDflCgrp        *ebpf.Variable `ebpf:"off_dfl_cgrp"`
+	OffKn             *ebpf.Variable `ebpf:"off_kn"`
+	OffKnId           *ebpf.Variable `ebpf:"off_kn_id"`
+	OffNivcsw         *ebpf.Variable `ebpf:"off_nivcsw"`
+	OffNvcsw          *ebpf.Variable `ebpf:"off_nvcsw"`
+	OffPcount         *ebpf.Variable `ebpf:"off_pcount"`
+	OffPid            *ebpf.Variable `ebpf:"off_pid"`
+	OffRunDelay       *ebpf.Variable `ebpf:"off_run_delay"`
+	OffState          *ebpf.Variable `ebpf:"off_state"`
+	OffSumExecRuntime *ebpf.Variable `ebpf:"off_sum_exec_runtime"`
+	OffTgid           *ebpf.Variable `ebpf:"off_tgid"`
+	TargetCgid        *ebpf.Variable `ebpf:"target_cgid"`
 }
 
 // statexecPrograms contains all programs after they have been loaded into the kernel.
@@ -162,7 +196,6 @@ type statexecVariables struct {
 type statexecPrograms struct {
 	CountEgress        *ebpf.Program `ebpf:"count_egress"`
 	CountIngress       *ebpf.Program `ebpf:"count_ingress"`
-	OnSchedProcessExit *ebpf.Program `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.Program `ebpf:"on_sched_process_fork"`
 	OnSchedSwitch      *ebpf.Program `ebpf:"on_sched_switch"`
 }
@@ -171,7 +204,6 @@ func (p *statexecPrograms) Close() error {
 	return _StatexecClose(
 		p.CountEgress,
 		p.CountIngress,
-		p.OnSchedProcessExit,
 		p.OnSchedProcessFork,
 		p.OnSchedSwitch,
 	)
