@@ -22,19 +22,32 @@ type bpfProbes struct {
 // loadBPF loads the programs filtered to cg and attaches them: raw
 // tracepoints globally (they filter by cgroup id), cgroup_skb on cg itself.
 // On error everything opened so far is closed.
+// The loading work is split in two halves that run concurrently: the scan
+// of the kernel BTF and the parsing of our ELF object (a few ms each).
 func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
+	type layoutResult struct {
+		l   kernelLayout
+		err error
+	}
+	layoutC := make(chan layoutResult, 1)
+	go func() {
+		l, err := loadKernelLayout()
+		layoutC <- layoutResult{l, err}
+	}()
+
 	// Only needed before memcg accounting of BPF memory (< 5.11). Its
 	// error is ignored: without privileges it fails for the same reason
 	// the load below will, and the load's error names the real cause.
 	_ = rlimit.RemoveMemlock()
-	layout, err := loadKernelLayout()
-	if err != nil {
-		return nil, err
-	}
 	spec, err := loadStatexec()
+	lr := <-layoutC
 	if err != nil {
 		return nil, fmt.Errorf("parse BPF objects: %w", err)
 	}
+	if lr.err != nil {
+		return nil, lr.err
+	}
+	layout := lr.l
 	for name, value := range map[string]any{
 		"target_cgid":          cg.id,
 		"off_sum_exec_runtime": layout.SumExecRuntime,
