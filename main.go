@@ -65,7 +65,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	host, _ := os.Hostname()
 	inv, err := config.Parse(args, os.Environ(), host)
 	if err != nil {
-		fmt.Fprintf(stderr, "statexec: %v\nRun 'statexec help' for usage.\n", err)
+		fmt.Fprintf(stderr, "statexec: %v\n", err)
+		if config.WantsUsage(err) {
+			fmt.Fprint(stderr, "\n"+usage)
+		} else {
+			fmt.Fprintln(stderr, "Run 'statexec help' for usage.")
+		}
 		return 2
 	}
 	switch inv.Mode {

@@ -270,6 +270,9 @@ func TestExitCodes(t *testing.T) {
 		if r.code != c.code || !strings.Contains(r.stderr, c.msg) {
 			t.Errorf("%v: exit %d stderr %q, want %d and %q", c.args, r.code, r.stderr, c.code, c.msg)
 		}
+		if c.code == 2 && !strings.Contains(r.stderr, "Usage:") {
+			t.Errorf("%v: no usage on stderr", c.args)
+		}
 		_, err := os.Stat(r.file)
 		if ran := err == nil; ran != (c.code != 2 && c.code != 126 && c.code != 127) {
 			t.Errorf("%v: metrics file written = %v", c.args, ran)

@@ -76,11 +76,26 @@ type Invocation struct {
 
 // UsageError is an error in the command line or environment: statexec
 // prints it with the usage hint and exits 2.
-type UsageError struct{ Msg string }
+type UsageError struct {
+	Msg string
+	// ShowUsage asks for the usage text too: the mode or command is
+	// missing or wrong, not just one value.
+	ShowUsage bool
+}
 
 func (e *UsageError) Error() string { return e.Msg }
 
 func usagef(format string, a ...any) error { return &UsageError{Msg: fmt.Sprintf(format, a...)} }
+
+func usageAndf(format string, a ...any) error {
+	return &UsageError{Msg: fmt.Sprintf(format, a...), ShowUsage: true}
+}
+
+// WantsUsage reports whether err should be followed by the usage text.
+func WantsUsage(err error) bool {
+	var u *UsageError
+	return errors.As(err, &u) && u.ShowUsage
+}
 
 // IsUsage reports whether err is a UsageError.
 func IsUsage(err error) bool {
@@ -128,7 +143,7 @@ func Parse(args, env []string, hostname string) (*Invocation, error) {
 		return nil, err
 	}
 	if len(rest) == 0 {
-		return nil, usagef("missing mode")
+		return nil, usageAndf("missing mode")
 	}
 	inv := &Invocation{Mode: rest[0]}
 	rest = rest[1:]
@@ -141,13 +156,13 @@ func Parse(args, env []string, hostname string) (*Invocation, error) {
 		return inv, nil
 	case inv.Mode == ModeRecover:
 		if len(rest) < 1 || len(rest) > 2 {
-			return nil, usagef("recover needs a spool file and an optional output file")
+			return nil, usageAndf("recover needs a spool file and an optional output file")
 		}
 		inv.Args = rest
 		inv.Config = cfg
 		return inv, nil
 	case !isRunMode(inv.Mode):
-		return nil, usagef("unknown mode %q", inv.Mode)
+		return nil, usageAndf("unknown mode %q", inv.Mode)
 	}
 	// Flags may also follow the mode, up to the first non-flag argument.
 	if rest, err = parseFlags(&cfg, &flagLabels, rest); err != nil {
@@ -155,7 +170,7 @@ func Parse(args, env []string, hostname string) (*Invocation, error) {
 	}
 	if inv.Mode == ModeSyncStart || inv.Mode == ModeSyncStartAndStop {
 		if len(rest) == 0 {
-			return nil, usagef("%s needs a server URL", inv.Mode)
+			return nil, usageAndf("%s needs a server URL", inv.Mode)
 		}
 		inv.URL = rest[0]
 		if err := checkURL(inv.URL); err != nil {
@@ -167,7 +182,7 @@ func Parse(args, env []string, hostname string) (*Invocation, error) {
 		}
 	}
 	if len(rest) == 0 {
-		return nil, usagef("%s needs a command to run", inv.Mode)
+		return nil, usageAndf("%s needs a command to run", inv.Mode)
 	}
 	inv.Command = rest
 	if cfg.Labels, err = mergeLabels(envLabels, flagLabels); err != nil {

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/statexec/statexec/internal/testenv"
+)
+
+// openPTY returns a new pseudo-terminal's master and slave.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals here: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(); s.Close() })
+	return m, s
+}
+
+// ptyOutput collects what the terminal shows.
+type ptyOutput struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (p *ptyOutput) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.buf.Write(b)
+}
+
+func (p *ptyOutput) String() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.buf.String()
+}
+
+// startOnTerminal runs statexec as the foreground job of a new terminal,
+// as a shell would.
+func startOnTerminal(t *testing.T, env []string, args ...string) (*exec.Cmd, *os.File, *ptyOutput, chan int) {
+	t.Helper()
+	master, slave := openPTY(t)
+	cmd := newCmd(t, env, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Pdeathsig: syscall.SIGKILL}
+	out := &ptyOutput{}
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, err := master.Read(b)
+			out.Write(b[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan int, 1)
+	go func() {
+		cmd.Wait()
+		done <- cmd.ProcessState.ExitCode()
+	}()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return cmd, master, out, done
+}
+
+func waitOutput(t *testing.T, out *ptyOutput, want string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(out.String(), want) {
+			return
+		}
+	}
+	t.Fatalf("terminal never showed %q; it shows:\n%s", want, out.String())
+}
+
+// TestCtrlCReachesCommandOnce: Ctrl+C on the terminal interrupts the
+// command once (statexec does not forward a second SIGINT), and statexec
+// writes the file and exits 130.
+func TestCtrlCReachesCommandOnce(t *testing.T) {
+	script := `n=0; trap 'n=$((n+1))' INT; echo ready; i=0; while [ $n -eq 0 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; sleep 0.5; echo "ints=$n"; exit 3`
+	cmd, master, out, done := startOnTerminal(t, []string{"SE_SUMMARY=0"}, "exec", "sh", "-c", script)
+	waitOutput(t, out, "ready")
+	master.Write([]byte{3}) // ^C: SIGINT to the terminal's foreground group
+	select {
+	case code := <-done:
+		waitOutput(t, out, "ints=")
+		if !strings.Contains(out.String(), "ints=1") || code != 3 {
+			t.Fatalf("exit %d; terminal:\n%s", code, out.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("statexec did not end; terminal:\n%s", out.String())
+	}
+	testenvParse(t, fileOf(cmd.Env))
+}
+
+// TestInteractiveShell drives `statexec exec bash` on a terminal.
+func TestInteractiveShell(t *testing.T) {
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("no bash")
+	}
+	_, master, out, done := startOnTerminal(t, []string{"SE_SUMMARY=0", "PS1=prompt$ "}, "exec", "bash", "--norc", "-i")
+	waitOutput(t, out, "prompt$ ")
+	master.Write([]byte("echo $((6*7))\n"))
+	waitOutput(t, out, "42")
+	master.Write([]byte("sleep 30\n"))
+	time.Sleep(300 * time.Millisecond)
+	master.Write([]byte{3}) // interrupts the sleep, not bash nor statexec
+	time.Sleep(300 * time.Millisecond)
+	master.Write([]byte("echo alive; exit 5\n"))
+	select {
+	case code := <-done:
+		if code != 5 || !strings.Contains(out.String(), "alive") {
+			t.Fatalf("exit %d; terminal:\n%s", code, out.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("bash did not exit; terminal:\n%s", out.String())
+	}
+}
+
+func testenvParse(t *testing.T, path string) { testenv.ParseFile(t, path) }
