@@ -388,7 +388,9 @@ func failed(code int) int {
 // cleanup releases what setup acquired when setup failed.
 func (r *run) cleanup() {
 	if r.srv != nil {
-		r.srv.Shutdown(context.Background())
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		r.srv.Shutdown(ctx)
+		cancel()
 	}
 	if r.probe != nil {
 		r.probe.Close()
