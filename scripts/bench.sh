@@ -14,10 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-/tmp/statexec-bench}
 REPS=${REPS:-200}
-ROUNDS=${ROUNDS:-5}
-PIPE_LOOPS=${PIPE_LOOPS:-200000}
+ROUNDS=${ROUNDS:-7}
+PIPE_LOOPS=${PIPE_LOOPS:-100000}
 IPERF_SECS=${IPERF_SECS:-5}
 IPERF_PORT=${IPERF_PORT:-5299}
+NCPU=$(nproc)
+PIN_CPU=${PIN_CPU:-$((NCPU - 1))}
 TMP=$(mktemp -d /tmp/statexec-bench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -72,8 +74,10 @@ for m in "${MODES[@]}"; do
 done
 
 if command -v perf >/dev/null; then
-	echo "== 2. perf bench sched pipe -l $PIPE_LOOPS (usecs/op, median of $ROUNDS alternating rounds)"
-	pipe() { "$@" perf bench sched pipe -l "$PIPE_LOOPS" 2>/dev/null | awk '/usecs\/op/ { print $1 }'; }
+	echo "== 2. perf bench sched pipe -l $PIPE_LOOPS on CPU $PIN_CPU (usecs/op, median of $ROUNDS alternating rounds)"
+	# Both tasks pinned to one CPU: without pinning, where the scheduler
+	# places them changes the result by more than the probes do.
+	pipe() { "$@" taskset -c "$PIN_CPU" perf bench sched pipe -l "$PIPE_LOOPS" 2>/dev/null | awk '/usecs\/op/ { print $1 }'; }
 	: >"$TMP/pipe-bare"
 	for m in "${MODES[@]}"; do : >"$TMP/pipe-$m"; done
 	: >"$TMP/pipe-outside"
@@ -108,11 +112,12 @@ fi
 
 if command -v iperf3 >/dev/null; then
 	echo "== 3. iperf3 loopback, ${IPERF_SECS}s per run (Gbit/s received, median of $ROUNDS alternating rounds)"
-	iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" >/dev/null 2>&1 &
+	# Server and client on different CPUs (when there are two).
+	taskset -c 0 iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" >/dev/null 2>&1 &
 	PIDS+=($!)
 	sleep 0.5
 	iperf() {
-		"$@" iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t "$IPERF_SECS" -J 2>/dev/null |
+		"$@" taskset -c "$PIN_CPU" iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t "$IPERF_SECS" -J 2>/dev/null |
 			python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'
 	}
 	: >"$TMP/iperf-bare"
