@@ -174,17 +174,22 @@ func (p *plainSampler) sample() plainTotals {
 	total := p.banked
 	total.add(live, true)
 	o := &p.out
-	o.userSec = max(o.userSec, float64(total.cpuTicks[0])/userHZ)
-	o.sysSec = max(o.sysSec, float64(total.cpuTicks[1])/userHZ)
+	// cpu.stat is exact (scheduler runtime, split like rusage) and
+	// includes every task that ever ran in the cgroup; the tick-based
+	// /proc times are only the fallback, not mixed in.
+	cpuStat := false
 	if p.cg != nil {
-		// cpu.stat is exact (scheduler runtime, split like rusage)
-		// and includes every task that ever ran in the cgroup.
 		if u, s, ok := readCPUStat(filepath.Join(p.cg.path, "cpu.stat")); ok {
 			o.userSec, o.sysSec = max(o.userSec, u), max(o.sysSec, s)
+			cpuStat = true
 		}
 		if n, err := countLines(filepath.Join(p.cg.path, "cgroup.threads")); err == nil {
 			threads = uint64(n)
 		}
+	}
+	if !cpuStat {
+		o.userSec = max(o.userSec, float64(total.cpuTicks[0])/userHZ)
+		o.sysSec = max(o.sysSec, float64(total.cpuTicks[1])/userHZ)
 	}
 	o.readBytes = max(o.readBytes, total.readBytes)
 	o.writeBytes = max(o.writeBytes, total.writeBytes)
@@ -192,7 +197,7 @@ func (p *plainSampler) sample() plainTotals {
 	o.ivcs = max(o.ivcs, total.ivcs)
 	if p.haveFloor {
 		f := &p.floor
-		if p.cg == nil {
+		if !cpuStat {
 			o.userSec = max(o.userSec, time.Duration(f.Utime.Nano()).Seconds())
 			o.sysSec = max(o.sysSec, time.Duration(f.Stime.Nano()).Seconds())
 		}

@@ -79,9 +79,8 @@ type Session struct {
 	mu      sync.Mutex
 	plain   *plainSampler
 	snap    snapshot // last sample; what Collect reports after Close
-	bpfErr  error    // last failure reading the BPF maps
 	closed  bool
-	closeEr error
+	closeErr error
 }
 
 // snapshot is one sample of everything the collector exports.
@@ -202,12 +201,11 @@ func (s *Session) sample() snapshot {
 func (s *Session) sampleLocked() {
 	s.snap.plain = s.plain.sample()
 	if s.bpf != nil {
-		c, err := s.bpf.read()
-		if err != nil {
-			s.bpfErr = err
-			return
+		// A failed read keeps the previous values: counters must
+		// not drop to zero.
+		if c, err := s.bpf.read(); err == nil {
+			s.snap.bpf = c
 		}
-		s.snap.bpf = c
 	}
 }
 
@@ -273,7 +271,7 @@ func (s *Session) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return s.closeEr
+		return s.closeErr
 	}
 	if s.plain != nil && s.plain.root != 0 {
 		s.sampleLocked()
@@ -290,6 +288,6 @@ func (s *Session) Close() error {
 			errs = append(errs, fmt.Errorf("probe: remove cgroup: %w", err))
 		}
 	}
-	s.closeEr = errors.Join(errs...)
-	return s.closeEr
+	s.closeErr = errors.Join(errs...)
+	return s.closeErr
 }
