@@ -76,10 +76,10 @@ type Session struct {
 	bpf     *bpfProbes // nil: plain backend
 	coll    *collector
 
-	mu      sync.Mutex
-	plain   *plainSampler
-	snap    snapshot // last sample; what Collect reports after Close
-	closed  bool
+	mu       sync.Mutex
+	plain    *plainSampler
+	snap     snapshot // last sample; what Collect reports after Close
+	closed   bool
 	closeErr error
 }
 
