@@ -136,6 +136,8 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+const transferTimeout = 60 * time.Second
+
 // loopbackTransfer sends n bytes over a TCP connection to itself on
 // 127.0.0.1 and returns how many arrived.
 func loopbackTransfer(n int64) (int64, error) {
@@ -153,6 +155,7 @@ func loopbackTransfer(n int64) (int64, error) {
 			return
 		}
 		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(transferTimeout))
 		k, err := io.Copy(io.Discard, c)
 		if err != nil {
 			errc <- err
@@ -160,10 +163,11 @@ func loopbackTransfer(n int64) (int64, error) {
 		}
 		got <- k
 	}()
-	c, err := net.Dial("tcp4", ln.Addr().String())
+	c, err := net.DialTimeout("tcp4", ln.Addr().String(), transferTimeout)
 	if err != nil {
 		return 0, err
 	}
+	_ = c.SetDeadline(time.Now().Add(transferTimeout))
 	buf := make([]byte, 256<<10)
 	var sent int64
 	for sent < n {
@@ -182,7 +186,7 @@ func loopbackTransfer(n int64) (int64, error) {
 		return k, nil
 	case err := <-errc:
 		return 0, err
-	case <-time.After(60 * time.Second):
+	case <-time.After(transferTimeout):
 		return 0, errors.New("transfer timed out")
 	}
 }
