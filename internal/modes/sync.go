@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os"
 	"strings"
 
 	"github.com/statexec/statexec/internal/config"
@@ -48,22 +49,36 @@ func (r *run) serveUntilStarted() (int, bool) {
 	}
 }
 
-// send posts /start or /stop to the server of a sync* mode; a signal
-// cancels the retries.
+// send posts /start or /stop to the server of a sync* mode. A signal
+// cancels the retries; if the request got through anyway, the signal is
+// put back for the next phase to see.
 func (r *run) send(action string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})
-	defer close(done)
+	caught := make(chan os.Signal, 1)
 	go func() {
+		defer close(caught)
 		select {
 		case sig := <-r.signals:
-			r.interrupted = sig
+			caught <- sig
 			cancel()
 		case <-done:
 		}
 	}()
-	return syncctl.Send(ctx, r.inv.URL, action, syncctl.ClientOptions{Token: r.cfg.SyncToken, Timeout: r.cfg.SyncTimeout})
+	err := syncctl.Send(ctx, r.inv.URL, action, syncctl.ClientOptions{Token: r.cfg.SyncToken, Timeout: r.cfg.SyncTimeout})
+	close(done)
+	if sig, ok := <-caught; ok {
+		if err == nil {
+			select {
+			case r.signals <- sig: // for the next phase
+			default: // full: other signals are waiting anyway
+			}
+		} else {
+			r.interrupted = sig
+		}
+	}
+	return err
 }
 
 // afterCommand sends /stop in syncStartAndStop; a failure to do so makes
