@@ -1,7 +1,6 @@
 package probe
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
@@ -198,30 +197,25 @@ func removeCgroupDir(path string) error {
 	}
 }
 
-// readPids parses a cgroup.procs / cgroup.threads file.
+// readPids reads a cgroup.procs / cgroup.threads file.
 func readPids(path string) ([]int, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
+	return parsePids(data), nil
+}
+
+func parsePids(data []byte) []int {
 	var pids []int
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		if pid, err := strconv.Atoi(strings.TrimSpace(sc.Text())); err == nil {
+	for len(data) > 0 {
+		var line []byte
+		line, data, _ = bytes.Cut(data, []byte{'\n'})
+		if pid, err := strconv.Atoi(string(bytes.TrimSpace(line))); err == nil {
 			pids = append(pids, pid)
 		}
 	}
-	return pids, nil
-}
-
-// countLines counts the entries of cgroup.procs / cgroup.threads without
-// parsing them.
-func countLines(path string) (int, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	return bytes.Count(data, []byte{'\n'}), nil
+	return pids
 }
 
 // CleanStale removes statexec-<pid>-* cgroups whose statexec process no

@@ -74,6 +74,7 @@ type plainSampler struct {
 	root     int
 	cg       *cgroup // nil when there is no cgroup: walk ppid links instead
 	pageSize uint64
+	rd       fileReader
 
 	procs  map[procID]*procState
 	banked procValues
@@ -130,7 +131,9 @@ func (p *plainSampler) sample() plainTotals {
 	p.gen++
 	var pids []int
 	if p.cg != nil {
-		pids, _ = readPids(filepath.Join(p.cg.path, "cgroup.procs"))
+		if data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.procs")); err == nil {
+			pids = parsePids(data)
+		}
 	} else {
 		pids = p.walkTree()
 	}
@@ -142,7 +145,7 @@ func (p *plainSampler) sample() plainTotals {
 	var rss, hwm, threads, procs uint64
 	threadBudget := maxThreadsPerScan
 	for _, pid := range pids {
-		st, ok := readStat(pid)
+		st, ok := p.readStat(pid)
 		if !ok {
 			continue
 		}
@@ -152,12 +155,12 @@ func (p *plainSampler) sample() plainTotals {
 		v := procValues{
 			cpuTicks: [2]uint64{st.utime + st.cutime, st.stime + st.cstime},
 		}
-		v.readBytes, v.writeBytes = readIO(pid)
+		v.readBytes, v.writeBytes = p.readIO(pid)
 		var h uint64
 		if st.threads > 1 && threadBudget > 0 {
-			v.vcs, v.ivcs, h = readThreadsStatus(pid, &threadBudget)
+			v.vcs, v.ivcs, h = p.readThreadsStatus(pid, &threadBudget)
 		} else {
-			v.vcs, v.ivcs, h = readStatus(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+			v.vcs, v.ivcs, h = p.readStatus(filepath.Join("/proc", strconv.Itoa(pid), "status"))
 		}
 		hwm = max(hwm, h)
 		id := procID{pid, st.start}
@@ -179,12 +182,12 @@ func (p *plainSampler) sample() plainTotals {
 	// /proc times are only the fallback, not mixed in.
 	cpuStat := false
 	if p.cg != nil {
-		if u, s, ok := readCPUStat(filepath.Join(p.cg.path, "cpu.stat")); ok {
+		if u, s, ok := p.readCPUStat(filepath.Join(p.cg.path, "cpu.stat")); ok {
 			o.userSec, o.sysSec = max(o.userSec, u), max(o.sysSec, s)
 			cpuStat = true
 		}
-		if n, err := countLines(filepath.Join(p.cg.path, "cgroup.threads")); err == nil {
-			threads = uint64(n)
+		if data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.threads")); err == nil {
+			threads = uint64(bytes.Count(data, []byte{'\n'}))
 		}
 	}
 	if !cpuStat {
@@ -255,7 +258,7 @@ func (p *plainSampler) walkTree() []int {
 		if err != nil {
 			continue
 		}
-		if ppid, ok := readPpid(pid); ok {
+		if ppid, ok := p.readPpid(pid); ok {
 			children[ppid] = append(children[ppid], pid)
 		}
 	}
@@ -288,8 +291,8 @@ type procStat struct {
 
 // statFields returns the fields after "(comm)" of /proc/PID/stat; field n
 // of proc(5) is index n-3.
-func statFields(pid int) [][]byte {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+func (p *plainSampler) statFields(pid int) [][]byte {
+	data, err := p.rd.read(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return nil
 	}
@@ -300,8 +303,8 @@ func statFields(pid int) [][]byte {
 	return bytes.Fields(data[i+2:])
 }
 
-func readPpid(pid int) (int, bool) {
-	f := statFields(pid)
+func (p *plainSampler) readPpid(pid int) (int, bool) {
+	f := p.statFields(pid)
 	if len(f) < 2 {
 		return 0, false
 	}
@@ -309,8 +312,8 @@ func readPpid(pid int) (int, bool) {
 	return ppid, err == nil
 }
 
-func readStat(pid int) (procStat, bool) {
-	f := statFields(pid)
+func (p *plainSampler) readStat(pid int) (procStat, bool) {
+	f := p.statFields(pid)
 	if len(f) < 22 {
 		return procStat{}, false
 	}
@@ -333,8 +336,8 @@ func readStat(pid int) (procStat, bool) {
 
 // readStatus returns voluntary/nonvoluntary context switches and VmHWM in
 // bytes from a status file (of a process or of one thread).
-func readStatus(path string) (vcs, ivcs, hwm uint64) {
-	data, err := os.ReadFile(path)
+func (p *plainSampler) readStatus(path string) (vcs, ivcs, hwm uint64) {
+	data, err := p.rd.read(path)
 	if err != nil {
 		return 0, 0, 0
 	}
@@ -358,7 +361,7 @@ func readStatus(path string) (vcs, ivcs, hwm uint64) {
 }
 
 // readThreadsStatus sums the context switches of every live thread.
-func readThreadsStatus(pid int, budget *int) (vcs, ivcs, hwm uint64) {
+func (p *plainSampler) readThreadsStatus(pid int, budget *int) (vcs, ivcs, hwm uint64) {
 	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
 	d, err := os.Open(dir)
 	if err != nil {
@@ -368,7 +371,7 @@ func readThreadsStatus(pid int, budget *int) (vcs, ivcs, hwm uint64) {
 	_ = d.Close()
 	*budget -= len(tids)
 	for _, tid := range tids {
-		v, iv, h := readStatus(filepath.Join(dir, tid, "status"))
+		v, iv, h := p.readStatus(filepath.Join(dir, tid, "status"))
 		vcs += v
 		ivcs += iv
 		hwm = max(hwm, h)
@@ -378,8 +381,8 @@ func readThreadsStatus(pid int, budget *int) (vcs, ivcs, hwm uint64) {
 
 // readIO returns read_bytes/write_bytes (bytes that reached the storage
 // layer) from /proc/PID/io.
-func readIO(pid int) (read, write uint64) {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "io"))
+func (p *plainSampler) readIO(pid int) (read, write uint64) {
+	data, err := p.rd.read(filepath.Join("/proc", strconv.Itoa(pid), "io"))
 	if err != nil {
 		return 0, 0
 	}
@@ -398,8 +401,8 @@ func readIO(pid int) (read, write uint64) {
 }
 
 // readCPUStat returns user and system seconds from a cgroup's cpu.stat.
-func readCPUStat(path string) (user, sys float64, ok bool) {
-	data, err := os.ReadFile(path)
+func (p *plainSampler) readCPUStat(path string) (user, sys float64, ok bool) {
+	data, err := p.rd.read(path)
 	if err != nil {
 		return 0, 0, false
 	}
@@ -420,4 +423,46 @@ func readCPUStat(path string) (user, sys float64, ok bool) {
 func parseUint(b []byte) uint64 {
 	v, _ := strconv.ParseUint(string(bytes.TrimSpace(b)), 10, 64)
 	return v
+}
+
+// fileReader reads small /proc and cgroup files into one reused buffer,
+// with plain open/read/close: os.ReadFile's fstat, poller registration and
+// allocation were most of a sample's cost. What read returns is valid
+// until the next read.
+type fileReader struct {
+	buf []byte
+}
+
+const (
+	readerInitial  = 16 << 10
+	readerMaxReads = 64
+)
+
+func (r *fileReader) read(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	if r.buf == nil {
+		r.buf = make([]byte, readerInitial)
+	}
+	n := 0
+	for range readerMaxReads {
+		if n == len(r.buf) {
+			r.buf = append(r.buf, make([]byte, len(r.buf))...)
+		}
+		k, err := unix.Read(fd, r.buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if k == 0 {
+			break
+		}
+		n += k
+	}
+	return r.buf[:n], nil
 }
