@@ -13,6 +13,29 @@
 //	cmd.Start(); s.CommandStarted(cmd.Process.Pid)
 //	cmd.Wait();  s.CommandEnded()
 //	sum := s.Summary()
+//
+// Metrics (every one carries Options.ConstLabels):
+//
+//	statexec_probe_info{backend="ebpf"|"plain"}                  gauge, always 1
+//	statexec_process_cpu_seconds_total{mode="user"|"system"}     cgroup cpu.stat, else /proc
+//	statexec_process_memory_rss_bytes                            sum over live processes
+//	statexec_process_memory_rss_peak_bytes
+//	statexec_process_disk_read_bytes_total                       /proc/PID/io read_bytes
+//	statexec_process_disk_write_bytes_total                      /proc/PID/io write_bytes
+//	statexec_process_context_switches_total{kind="voluntary"|"involuntary"}  /proc
+//	statexec_process_processes, statexec_process_threads         cgroup.procs/threads, else /proc
+//
+// and with the eBPF backend:
+//
+//	statexec_process_network_{sent,received}_{bytes,packets}_total       cgroup_skb
+//	statexec_process_sched_cpu_seconds_total                     sum_exec_runtime deltas
+//	statexec_process_sched_context_switches_total{kind=...}      nvcsw/nivcsw deltas
+//	statexec_process_sched_runqueue_wait_seconds_total           sched_info run_delay deltas
+//	statexec_process_sched_runqueue_latency_seconds              histogram, le 1.024us..1.07s
+//	statexec_process_forks_total                                 sched_process_fork
+//
+// The counters start at the command's start and keep what exited
+// processes did.
 package probe
 
 import (
