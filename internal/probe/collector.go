@@ -65,7 +65,10 @@ func (c *collector) descs() []*prometheus.Desc {
 	all := []*prometheus.Desc{c.info, c.cpu, c.rss, c.rssPeak, c.diskRead, c.diskWrite, c.cs, c.processes, c.threads}
 	if c.s.bpf != nil {
 		all = append(all, c.netSentBytes, c.netRecvBytes, c.netSentPkts, c.netRecvPkts,
-			c.schedCPU, c.schedCS, c.runqWait, c.runqLatency, c.forks)
+			c.schedCPU, c.schedCS, c.forks)
+		if c.s.bpf.runq {
+			all = append(all, c.runqWait, c.runqLatency)
+		}
 	}
 	return all
 }
@@ -114,8 +117,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.schedCPU, float64(b.CpuNs)/1e9)
 	counter(c.schedCS, float64(b.VoluntarySwitches), "voluntary")
 	counter(c.schedCS, float64(b.InvoluntarySwitches), "involuntary")
-	counter(c.runqWait, float64(b.RunqWaitNs)/1e9)
 	counter(c.forks, float64(b.TasksCreated))
+	if !c.s.bpf.runq {
+		return
+	}
+	counter(c.runqWait, float64(b.RunqWaitNs)/1e9)
 	count, buckets := runqBuckets(&b.RunqHist)
 	ch <- prometheus.MustNewConstHistogram(c.runqLatency, count, float64(b.RunqWaitNs)/1e9, buckets)
 }

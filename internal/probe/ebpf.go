@@ -16,7 +16,9 @@ const histSlots = len(statexecTreeCounters{}.RunqHist)
 type bpfProbes struct {
 	objs  statexecObjects
 	links []link.Link
-	cpus  []statexecTreeCounters // reused per-CPU read buffer
+	// runq: the kernel has sched_info, so run-queue waits are counted.
+	runq bool
+	cpus []statexecTreeCounters // reused per-CPU read buffer
 }
 
 // loadBPF loads the programs filtered to cg and attaches them: raw
@@ -72,7 +74,7 @@ func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	b := &bpfProbes{}
+	b := &bpfProbes{runq: layout.HaveSchedInfo}
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
 		return nil, fmt.Errorf("load BPF: %w", err)
 	}
