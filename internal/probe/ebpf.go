@@ -3,6 +3,7 @@ package probe
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -76,6 +77,11 @@ func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
 	}
 	b := &bpfProbes{runq: layout.HaveSchedInfo}
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			// cilium's message suggests raising RLIMIT_MEMLOCK, which
+			// is not the cause on kernels that account BPF memory.
+			return nil, fmt.Errorf("load BPF: %w (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)", os.ErrPermission)
+		}
 		return nil, fmt.Errorf("load BPF: %w", err)
 	}
 	defer func() {

@@ -55,18 +55,19 @@ func TestFallbackWithoutPrivileges(t *testing.T) {
 	}
 
 	for _, c := range []struct {
-		name string
-		args []string
+		name   string
+		args   []string
+		reason string // in the notice: which step failed
 	}{
 		// root without any capability: the cgroup2 root is mode 0555,
 		// so not even the cgroup.
-		{"root-no-caps", []string{"--inh-caps=-all", "--bounding-set=-all"}},
+		{"root-no-caps", []string{"--inh-caps=-all", "--bounding-set=-all"}, "create cgroup"},
 		// root with only CAP_DAC_OVERRIDE: the cgroup works, BPF load
 		// does not (the notice must still be one line, the cgroup must
 		// still be used and removed).
-		{"root-dac-only", []string{"--inh-caps=-all", "--bounding-set=-all,+dac_override"}},
+		{"root-dac-only", []string{"--inh-caps=-all", "--bounding-set=-all,+dac_override"}, "load BPF"},
 		// nobody: not even the cgroup.
-		{"nobody", []string{"--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}},
+		{"nobody", []string{"--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}, "create cgroup"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cmd := exec.Command("setpriv", append(c.args, "--", bin)...)
@@ -93,6 +94,9 @@ func TestFallbackWithoutPrivileges(t *testing.T) {
 			if !strings.HasPrefix(l, "statexec: eBPF probes unavailable (") ||
 				!strings.HasSuffix(l, "); per-process network and scheduler metrics are off, using plain /proc metrics") {
 				t.Errorf("notice = %q", l)
+			}
+			if !strings.Contains(l, "("+c.reason) {
+				t.Errorf("notice %q does not name the failed step %q", l, c.reason)
 			}
 		})
 	}
