@@ -111,3 +111,40 @@ func TestCleanStale(t *testing.T) {
 		t.Errorf("CleanStale removed a live run's cgroup: %v", err)
 	}
 }
+
+// TestCollectBeforeStartAndCloseWhileRunning: Collect works before the
+// command starts (probe info, zeros), and Close on an error path kills a
+// command that still runs.
+func TestCollectBeforeStartAndCloseWhileRunning(t *testing.T) {
+	for _, mode := range []Mode{ModeEBPF, ModePlain} {
+		t.Run(string(mode), func(t *testing.T) {
+			requireRoot(t)
+			s, err := Start(Options{Mode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := metrics(t, s)
+			if m[fmt.Sprintf("statexec_probe_info{backend=%s}", mode)] != 1 {
+				t.Errorf("no probe info before start: %v", m)
+			}
+			if m["statexec_process_processes"] != 0 || m["statexec_process_cpu_seconds_total{mode=user}"] != 0 {
+				t.Errorf("non-zero values before start: %v", m)
+			}
+			cmd := shellCommand(s, "sleep 1000")
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			s.CommandStarted(cmd.Process.Pid)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("command still runs after Close")
+			}
+		})
+	}
+}
