@@ -276,10 +276,12 @@ func histQuantile(h *[histSlots]uint64, q float64) time.Duration {
 			continue
 		}
 		if cum+float64(n) >= rank {
-			lo := float64(uint64(1) << k)
 			if k == 0 {
-				lo = 0
+				// 0 or 1 ns: the run-queue clock did not move
+				// (woken and run in the same scheduler pass).
+				return 0
 			}
+			lo := float64(uint64(1) << k)
 			hi := float64(uint64(1) << (k + 1))
 			return time.Duration(lo + (hi-lo)*(rank-cum)/float64(n))
 		}

@@ -98,7 +98,7 @@ func TestEBPFSchedAccuracy(t *testing.T) {
 	}
 	sum := s.Summary()
 	t.Logf("summary: %+v", sum)
-	if !sum.HaveScheduler || sum.RunqueueWaitP99 < sum.RunqueueWaitP50 || sum.RunqueueWaitP50 <= 0 {
+	if !sum.HaveScheduler || sum.RunqueueWaitP99 < sum.RunqueueWaitP50 || sum.RunqueueWaitP99 <= 0 {
 		t.Errorf("summary run-queue quantiles: %+v", sum)
 	}
 }
