@@ -9,7 +9,6 @@
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
 
 char __license[] SEC("license") = "GPL";
 
