@@ -214,9 +214,10 @@ func (s *Store) forPoints(rec []byte, fn func(ts int64, si int, vals []byte) err
 func (s *Store) exportFamily(w io.Writer, format Format, fam *family, scratch *os.File, offsets []int64) error {
 	first := true
 	var out bytes.Buffer
+	r := bufio.NewReaderSize(nil, 64<<10) // one buffer for every series
 	for _, si := range fam.series {
 		se := s.series[si]
-		r := bufio.NewReaderSize(io.NewSectionReader(scratch, offsets[si], int64(se.points)*pointSize(se)), 64<<10)
+		r.Reset(io.NewSectionReader(scratch, offsets[si], int64(se.points)*pointSize(se)))
 		point := make([]byte, pointSize(se))
 		for left := se.points; left > 0; {
 			n := min(left, chunkPoints)
