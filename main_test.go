@@ -345,3 +345,49 @@ func TestNoWaitForTickAfterEnd(t *testing.T) {
 		t.Fatalf("status %v", seq)
 	}
 }
+
+// TestFallbackWithoutCapabilities: with every capability dropped the eBPF
+// probes cannot load; the run still succeeds in plain mode, says so in one
+// line, and keeps the command's exit code. SE_PROBES=ebpf refuses to run.
+func TestFallbackWithoutCapabilities(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("dropping capabilities is only meaningful as root")
+	}
+	testenv.Require(t, "setpriv")
+	drop := []string{"--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--"}
+	file := filepath.Join(t.TempDir(), "m.txt")
+	cmd := exec.Command("setpriv", append(drop, statexecBin, "exec", "sh", "-c", "exit 5")...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "SE_METRICS_FILE=" + file, "SE_SUMMARY=0"}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 5 {
+		t.Fatalf("exit %v; stderr:\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], "eBPF probes unavailable") || !strings.Contains(lines[0], "plain") {
+		t.Fatalf("want one notice line, got:\n%s", stderr.String())
+	}
+	f := testenv.ParseFile(t, file)
+	if len(f.Series("statexec_probe_info", map[string]string{"backend": "plain"})) == 0 {
+		t.Fatal("no statexec_probe_info{backend=\"plain\"}")
+	}
+	if len(f.Series("statexec_process_cpu_seconds_total", nil)) == 0 {
+		t.Fatal("no plain per-process metrics")
+	}
+	if len(f.Series("statexec_process_network_sent_bytes_total", nil)) != 0 {
+		t.Fatal("eBPF network metrics in plain mode")
+	}
+
+	marker := filepath.Join(t.TempDir(), "ran")
+	cmd = exec.Command("setpriv", append(drop, statexecBin, "exec", "touch", marker)...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "SE_METRICS_FILE=" + file, "SE_PROBES=ebpf"}
+	out, err := cmd.CombinedOutput()
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("SE_PROBES=ebpf without capabilities: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the command ran")
+	}
+}
