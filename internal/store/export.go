@@ -32,6 +32,49 @@ const chunkPoints = 512
 // seriesBuffer bounds the memory used per series while sorting.
 const seriesBuffer = 4 << 10
 
+// memoryScratch is the largest sort done in memory rather than in a
+// scratch file: short runs (most of them) then cost no file I/O but the
+// spool read.
+const memoryScratch = 8 << 20
+
+// scratch holds the sorted points: a file, or memory for small runs.
+type scratch interface {
+	io.ReaderAt
+	io.WriterAt
+	io.Closer
+}
+
+// memScratch is an in-memory scratch of a fixed size.
+type memScratch []byte
+
+func (m memScratch) WriteAt(p []byte, off int64) (int, error) { return copy(m[off:], p), nil }
+
+func (m memScratch) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(m)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (m memScratch) Close() error { return nil }
+
+// newScratch returns a scratch for size bytes.
+func newScratch(dir string, size int64) (scratch, error) {
+	if size <= memoryScratch {
+		return make(memScratch, size), nil
+	}
+	f, err := os.CreateTemp(dir, ".statexec-sort-*")
+	if err != nil {
+		return nil, fmt.Errorf("store: create scratch file: %w", err)
+	}
+	os.Remove(f.Name()) // anonymous: gone when closed, even after a crash
+	return f, nil
+}
+
 // WriteFile exports the store to path atomically: a temporary file in the
 // same directory is written, synced and renamed over path, so a failed or
 // interrupted export leaves any previous file untouched.
@@ -110,9 +153,9 @@ func (s *Store) export(w io.Writer, format Format, scratchDir string) error {
 
 func pointSize(se *series) int64 { return int64(8 + 8*se.nvals) }
 
-// sortPoints copies every point from the spool into a scratch file in
-// which each series owns one contiguous region, in export order.
-func (s *Store) sortPoints(dir string) (*os.File, []int64, error) {
+// sortPoints copies every point from the spool into a scratch in which
+// each series owns one contiguous region, in export order.
+func (s *Store) sortPoints(dir string) (scratch, []int64, error) {
 	offsets := make([]int64, len(s.series))
 	var total int64
 	for _, fam := range s.families {
@@ -121,11 +164,10 @@ func (s *Store) sortPoints(dir string) (*os.File, []int64, error) {
 			total += int64(s.series[si].points) * pointSize(s.series[si])
 		}
 	}
-	scratch, err := os.CreateTemp(dir, ".statexec-sort-*")
+	scratch, err := newScratch(dir, total)
 	if err != nil {
-		return nil, nil, fmt.Errorf("store: create scratch file: %w", err)
+		return nil, nil, err
 	}
-	os.Remove(scratch.Name()) // anonymous: gone when closed, even after a crash
 	cursor := append([]int64(nil), offsets...)
 	bufs := make([][]byte, len(s.series))
 	flushSeries := func(si int) error {
@@ -211,7 +253,7 @@ func (s *Store) forPoints(rec []byte, fn func(ts int64, si int, vals []byte) err
 	return nil
 }
 
-func (s *Store) exportFamily(w io.Writer, format Format, fam *family, scratch *os.File, offsets []int64) error {
+func (s *Store) exportFamily(w io.Writer, format Format, fam *family, scratch scratch, offsets []int64) error {
 	first := true
 	var out bytes.Buffer
 	r := bufio.NewReaderSize(nil, 64<<10) // one buffer for every series
