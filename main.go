@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/statexec/statexec/internal/config"
 	"github.com/statexec/statexec/internal/modes"
@@ -88,10 +89,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func recoverSpool(inv *config.Invocation, stdout, stderr io.Writer) int {
 	spool := inv.Args[0]
-	out := spool[:len(spool)-len(".spool")]
+	out := strings.TrimSuffix(spool, ".spool")
 	if len(inv.Args) > 1 {
 		out = inv.Args[1]
-	} else if len(spool) <= len(".spool") || spool[len(spool)-len(".spool"):] != ".spool" {
+	} else if out == spool {
 		out = spool + ".txt"
 	}
 	format := store.OpenMetrics

@@ -232,8 +232,11 @@ func (r *run) phases() int {
 func (r *run) interrupt(sig os.Signal) int {
 	r.interrupted = sig
 	r.errorf("%v received before the command started; it is not run", sig)
-	return 128 + int(sig.(syscall.Signal))
+	return signalCode(sig)
 }
+
+// signalCode is the shell's exit code for death by sig.
+func signalCode(sig os.Signal) int { return 128 + int(sig.(syscall.Signal)) }
 
 // sleep waits d, unless a signal comes first, which it returns.
 func (r *run) sleep(d time.Duration) os.Signal {
@@ -276,7 +279,7 @@ func (r *run) startPhase() (int, bool) {
 		if err := r.send("start"); err != nil {
 			r.errorf("%v; the command is not run", err)
 			if r.interrupted != nil {
-				return 128 + int(r.interrupted.(syscall.Signal)), false
+				return signalCode(r.interrupted), false
 			}
 			return 1, false
 		}
