@@ -136,6 +136,8 @@ type phaseCase struct {
 	name string
 	env  []string
 	args []string
+	// trigger, if set, moves the run into the phase (POST /start).
+	trigger func(t *testing.T, b *background)
 	// code is the expected exit code for signal sig.
 	code func(sig syscall.Signal) int
 }
@@ -154,15 +156,32 @@ func TestSignalsInEveryPhase(t *testing.T) {
 	defer syncServer.Close()
 	killed := func(sig syscall.Signal) int { return 128 + int(sig) }
 	ok := func(syscall.Signal) int { return 0 }
-	fast := []string{"SE_INTERVAL=50ms", "SE_SUMMARY=0"}
-	cases := []phaseCase{
-		{"exec/before", append([]string{"SE_WAIT_TIME_BEFORE_COMMAND=30"}, fast...), []string{"exec", "true"}, killed},
-		{"exec/running", fast, []string{"exec", "sleep", "30"}, killed},
-		{"exec/after", append([]string{"SE_WAIT_TIME_AFTER_COMMAND=30"}, fast...), []string{"exec", "true"}, ok},
-		{"waitStart/waiting", append([]string{"SE_SYNC_LISTEN=127.0.0.1:0"}, fast...), []string{"waitStart", "true"}, killed},
-		{"waitStartAndStop/waiting", append([]string{"SE_SYNC_LISTEN=127.0.0.1:0"}, fast...), []string{"waitStartAndStop", "true"}, killed},
-		{"syncStart/running", fast, []string{"syncStart", syncServer.URL, "sleep", "30"}, killed},
-		{"syncStartAndStop/after", append([]string{"SE_WAIT_TIME_AFTER_COMMAND=30"}, fast...), []string{"syncStartAndStop", syncServer.URL, "true"}, ok},
+	start := func(t *testing.T, b *background) {
+		if code := post(t, "http://"+b.syncAddr(t)+"/start", ""); code != http.StatusCreated {
+			t.Fatalf("POST /start: %d", code)
+		}
+	}
+	fast := []string{"SE_INTERVAL=50ms", "SE_SUMMARY=0", "SE_SYNC_LISTEN=127.0.0.1:0"}
+	before := append([]string{"SE_WAIT_TIME_BEFORE_COMMAND=30"}, fast...)
+	after := append([]string{"SE_WAIT_TIME_AFTER_COMMAND=30"}, fast...)
+	var cases []phaseCase
+	for _, mode := range []string{"exec", "waitStart", "waitStartAndStop", "syncStart", "syncStartAndStop"} {
+		var args []string
+		var trigger func(*testing.T, *background)
+		switch mode {
+		case "exec":
+			args = []string{mode}
+		case "waitStart", "waitStartAndStop":
+			args, trigger = []string{mode}, start
+			cases = append(cases, phaseCase{mode + "/waiting-for-start", fast, append(args, "true"), nil, killed})
+		default:
+			args = []string{mode, syncServer.URL}
+		}
+		cases = append(cases,
+			phaseCase{mode + "/before", before, append(args, "true"), nil, killed},
+			phaseCase{mode + "/running", fast, append(args, "sleep", "30"), trigger, killed},
+			phaseCase{mode + "/after", after, append(args, "true"), trigger, ok},
+		)
 	}
 	vm := testenv.StartVictoriaMetrics(t)
 	signals := []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
@@ -171,6 +190,9 @@ func TestSignalsInEveryPhase(t *testing.T) {
 			for i := range 20 {
 				sig := signals[i%len(signals)]
 				b := startStatexec(t, c.env, c.args...)
+				if c.trigger != nil {
+					c.trigger(t, b)
+				}
 				time.Sleep(300 * time.Millisecond)
 				b.cmd.Process.Signal(sig)
 				b.wait(t, 10*time.Second)
@@ -178,8 +200,8 @@ func TestSignalsInEveryPhase(t *testing.T) {
 					t.Fatalf("run %d, %v: exit %d, want %d; stderr:\n%s", i, sig, b.code, want, b.stderr.String())
 				}
 				f := checkComplete(t, vm, b.file)
-				if len(f.Series("statexec_command_status", nil)) < 3 {
-					t.Fatalf("run %d: only %d status samples", i, len(f.Series("statexec_command_status", nil)))
+				if n := len(f.Series("statexec_command_status", nil)); n < 3 {
+					t.Fatalf("run %d: only %d status samples", i, n)
 				}
 			}
 		})

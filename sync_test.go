@@ -26,10 +26,29 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// lockedBuffer is a bytes.Buffer that a test may read while the process
+// writes to it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // background is a statexec started without waiting for it.
 type background struct {
 	cmd            *exec.Cmd
-	stdout, stderr bytes.Buffer
+	stdout, stderr lockedBuffer
 	file           string
 	done           chan struct{}
 	code           int
@@ -66,6 +85,23 @@ func (b *background) wait(t *testing.T, limit time.Duration) {
 		<-b.done
 		t.Fatalf("statexec %v still running after %s; stderr:\n%s", b.cmd.Args[1:], limit, b.stderr.String())
 	}
+}
+
+// syncAddr waits for a wait* mode's "waiting for POST /start on ADDR" line
+// and returns ADDR.
+func (b *background) syncAddr(t *testing.T) string {
+	t.Helper()
+	const marker = "waiting for POST /start on "
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		out := b.stderr.String()
+		if i := strings.Index(out, marker); i >= 0 {
+			if j := strings.IndexByte(out[i:], '\n'); j > 0 {
+				return strings.TrimSpace(out[i+len(marker) : i+j])
+			}
+		}
+	}
+	t.Fatalf("no sync server address; stderr:\n%s", b.stderr.String())
+	return ""
 }
 
 // waitListening waits until addr accepts connections.
