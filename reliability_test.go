@@ -282,3 +282,21 @@ func TestOldOriginHint(t *testing.T) {
 		t.Fatalf("hint without SE_TIME_RELATIVE: %q", r.stderr)
 	}
 }
+
+// TestNoZombiesLeft: a command that leaves a background grandchild behind
+// has it killed (with the cgroup) and reaped by statexec: no zombie of the
+// run survives statexec.
+func TestNoZombiesLeft(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the run's cgroup needs root")
+	}
+	pidFile := filepath.Join(t.TempDir(), "bg.pid")
+	r := statexec(t, "", []string{"SE_SUMMARY=0"}, "exec", "sh", "-c", "sleep 60 & echo $! > "+pidFile)
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	pid := readPid(t, pidFile)
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Fatalf("background process %d still exists (alive or zombie) after statexec ended", pid)
+	}
+}

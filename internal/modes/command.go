@@ -119,6 +119,25 @@ func (c *child) reap() {
 	}
 }
 
+// reapRemaining collects descendants that exit within limit, such as those
+// the probe's cgroup.kill just ended; it returns at once when statexec has
+// no children left.
+func reapRemaining(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for {
+		pid, err := unix.Wait4(-1, nil, unix.WNOHANG, nil)
+		switch {
+		case err == unix.EINTR || pid > 0:
+			continue
+		case err != nil: // ECHILD: none left
+			return
+		case time.Now().After(deadline): // pid 0: children left, all alive
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // reapOrphans collects descendants that already exited.
 func (c *child) reapOrphans() {
 	for i := 0; i < 10000; i++ {

@@ -360,8 +360,11 @@ func (r *run) finish(code int) int {
 	r.points = r.st.Points()
 	writeErr := r.st.WriteFile(r.cfg.MetricsFile, formatOf(r.cfg.Format))
 	summary := r.probe.Summary()
-	r.probe.Close()
+	r.probe.Close() // kills what is left of the command's tree
 	r.probe = nil
+	if r.child != nil {
+		reapRemaining(200 * time.Millisecond)
+	}
 	if writeErr != nil {
 		r.st.Close()
 		r.errorf("write metrics file %s: %v; the samples are kept in %s (turn it into a file with: statexec recover %s)",
