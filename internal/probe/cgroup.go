@@ -104,8 +104,42 @@ func cgroupParents(mount string) []string {
 	return append(parents, mount)
 }
 
+// cloneIntoCgroupKernel is the first kernel with clone3's
+// CLONE_INTO_CGROUP, which starting the command in the cgroup needs.
+const cloneIntoCgroupMajor, cloneIntoCgroupMinor = 5, 7
+
+// kernelAtLeast reports whether a kernel release ("5.4.0-150-generic",
+// "6.18.44-fc") is at least major.minor; unparsable releases pass.
+func kernelAtLeast(release string, wantMajor, wantMinor int) bool {
+	parts := strings.SplitN(release, ".", 3)
+	if len(parts) < 2 {
+		return true
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minorDigits := strings.TrimRightFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' })
+	minor, err2 := strconv.Atoi(minorDigits)
+	if err1 != nil || err2 != nil {
+		return true
+	}
+	return major > wantMajor || major == wantMajor && minor >= wantMinor
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
 // createCgroup makes the run's cgroup directory.
 func createCgroup() (*cgroup, error) {
+	// Hybrid hosts with an older kernel (e.g. 5.4) have a cgroup2 mount
+	// but cannot start a process inside a cgroup: without this check the
+	// command itself would fail to start.
+	if rel := kernelRelease(); !kernelAtLeast(rel, cloneIntoCgroupMajor, cloneIntoCgroupMinor) {
+		return nil, fmt.Errorf("kernel %s lacks CLONE_INTO_CGROUP (needs %d.%d)", rel, cloneIntoCgroupMajor, cloneIntoCgroupMinor)
+	}
 	mount, err := cgroup2Mount()
 	if err != nil {
 		return nil, err

@@ -148,3 +148,18 @@ func TestCollectBeforeStartAndCloseWhileRunning(t *testing.T) {
 		})
 	}
 }
+
+func TestKernelAtLeast(t *testing.T) {
+	for _, c := range []struct {
+		release string
+		want    bool
+	}{
+		{"6.18.44-fc-v782", true}, {"5.7.0", true}, {"5.10.0-28-amd64", true},
+		{"5.6.19", false}, {"5.4.0-150-generic", false}, {"4.19.0", false},
+		{"5.15+", true}, {"garbage", true}, {"", true},
+	} {
+		if got := kernelAtLeast(c.release, cloneIntoCgroupMajor, cloneIntoCgroupMinor); got != c.want {
+			t.Errorf("kernelAtLeast(%q) = %v, want %v", c.release, got, c.want)
+		}
+	}
+}
