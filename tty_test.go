@@ -142,3 +142,50 @@ func TestInteractiveShell(t *testing.T) {
 }
 
 func testenvParse(t *testing.T, path string) { testenv.ParseFile(t, path) }
+
+// procState is the state letter of /proc/PID/stat (R, S, T, Z...).
+func procState(pid int) byte {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || len(b) < i+3 {
+		return 0
+	}
+	return b[i+2]
+}
+
+// TestCtrlZStopsAndContinues: Ctrl+Z stops the command, and statexec with
+// it (as a shell expects of a job); continuing statexec continues the
+// command in the foreground, and the run ends normally.
+func TestCtrlZStopsAndContinues(t *testing.T) {
+	script := `echo ready; i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done; echo done`
+	cmd, master, out, done := startOnTerminal(t, []string{"SE_SUMMARY=0"}, "exec", "sh", "-c", script)
+	waitOutput(t, out, "ready")
+	master.Write([]byte{0x1a}) // ^Z: SIGTSTP to the terminal's foreground group
+	stopped := false
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if procState(cmd.Process.Pid) == 'T' {
+			stopped = true
+			break
+		}
+	}
+	if !stopped {
+		t.Fatalf("statexec did not stop with its command; terminal:\n%s", out.String())
+	}
+	time.Sleep(2500 * time.Millisecond) // longer than the script would run
+	if strings.Contains(out.String(), "done") {
+		t.Fatal("the command ran on while stopped")
+	}
+	cmd.Process.Signal(syscall.SIGCONT) // what the shell's fg does
+	select {
+	case code := <-done:
+		if code != 0 || !strings.Contains(out.String(), "done") {
+			t.Fatalf("exit %d; terminal:\n%s", code, out.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("statexec did not end after SIGCONT; terminal:\n%s", out.String())
+	}
+	testenvParse(t, fileOf(cmd.Env))
+}

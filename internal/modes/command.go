@@ -49,6 +49,7 @@ func resolve(name string) (string, error) {
 type child struct {
 	pid        int
 	foreground bool          // the child owns the terminal
+	tty        *os.File      // the terminal, when foreground
 	done       chan struct{} // closed when reaped
 	started    time.Time
 	// set before done is closed
@@ -73,6 +74,7 @@ func startChild(path string, argv []string, stdio [3]*os.File, prepare func(*sys
 			attr.Foreground = true
 			attr.Ctty = 0 // the child's stdin
 			c.foreground = true
+			c.tty = stdio[0]
 		}
 		prepare(attr)
 		p, err := os.StartProcess(path, argv, &os.ProcAttr{Files: stdio[:], Sys: attr, Env: os.Environ()})
@@ -103,12 +105,16 @@ func (c *child) reap() {
 	for {
 		var st unix.WaitStatus
 		var ru unix.Rusage
-		pid, err := unix.Wait4(-1, &st, 0, &ru)
+		pid, err := unix.Wait4(-1, &st, unix.WUNTRACED, &ru)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil { // ECHILD: nothing left to wait for
 			return
+		}
+		if pid == c.pid && st.Stopped() {
+			c.suspend(st.StopSignal())
+			continue
 		}
 		if pid == c.pid {
 			c.ended = time.Now()
@@ -117,6 +123,26 @@ func (c *child) reap() {
 			return
 		}
 	}
+}
+
+// suspend follows a job-control stop of the command (Ctrl+Z on its
+// terminal): statexec takes the terminal back and stops itself, so that
+// the shell above sees the job stopped. When the shell continues statexec
+// (fg or bg), statexec continues the command, and gives it the terminal
+// again if statexec got it. Other stops (a SIGSTOP sent to the command)
+// are the sender's business.
+func (c *child) suspend(sig syscall.Signal) {
+	if !c.foreground || (sig != syscall.SIGTSTP && sig != syscall.SIGTTIN && sig != syscall.SIGTTOU) {
+		return
+	}
+	takeTerminalBack(c.tty)
+	syscall.Kill(syscall.Getpid(), syscall.SIGSTOP) // returns once continued
+	if foregroundTTY(c.tty) {
+		ignoreTTOU()
+		unix.IoctlSetPointerInt(int(c.tty.Fd()), unix.TIOCSPGRP, c.pid)
+		restoreTTOU()
+	}
+	c.signal(syscall.SIGCONT)
 }
 
 // reapRemaining collects descendants that exit within limit, such as those
