@@ -14,53 +14,46 @@ import (
 // TestCleanup: after Close the cgroup is gone and nothing of the tree
 // runs, even a grandchild that ignores SIGTERM and outlives the root.
 func TestCleanup(t *testing.T) {
-	for _, mode := range []Mode{ModeEBPF, ModePlain} {
-		t.Run(string(mode), func(t *testing.T) {
-			requireRoot(t)
-			s, err := Start(Options{Mode: mode})
-			if err != nil {
-				t.Fatal(err)
-			}
-			path := s.CgroupPath()
-			if path == "" {
-				t.Fatal("no cgroup as root")
-			}
-			cmd := shellCommand(s, `sh -c 'trap "" TERM; sleep 1000' & sleep 1000`)
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			s.CommandStarted(cmd.Process.Pid)
+	forEachBackend(t, func(t *testing.T, mode Mode, s *Session) {
+		path := s.CgroupPath()
+		if path == "" {
+			t.Fatal("no cgroup as root")
+		}
+		cmd := shellCommand(s, `sh -c 'trap "" TERM; sleep 1000' & sleep 1000`)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		s.CommandStarted(cmd.Process.Pid)
 
-			var pids []int
-			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && len(pids) < 3; time.Sleep(5 * time.Millisecond) {
-				pids, _ = readPids(filepath.Join(path, "cgroup.procs"))
-			}
-			if len(pids) < 3 {
-				t.Fatalf("tree did not start: pids %v", pids)
-			}
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			_ = cmd.Wait()
-			s.CommandEnded()
+		var pids []int
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && len(pids) < 3; time.Sleep(5 * time.Millisecond) {
+			pids, _ = readPids(filepath.Join(path, "cgroup.procs"))
+		}
+		if len(pids) < 3 {
+			t.Fatalf("tree did not start: pids %v", pids)
+		}
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		s.CommandEnded()
 
-			if err := s.Close(); err != nil {
-				t.Fatalf("Close: %v", err)
+		if err := s.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+		cgroupGone(t, path)
+		for _, pid := range pids {
+			if procRunning(pid) {
+				t.Errorf("pid %d of the tree still runs after Close", pid)
 			}
-			if err := s.Close(); err != nil {
-				t.Fatalf("second Close: %v", err)
-			}
-			cgroupGone(t, path)
-			for _, pid := range pids {
-				if procRunning(pid) {
-					t.Errorf("pid %d of the tree still runs after Close", pid)
-				}
-			}
-			// Final values stay collectable after Close.
-			m := metrics(t, s)
-			if m[fmt.Sprintf("statexec_probe_info{backend=%s}", mode)] != 1 {
-				t.Errorf("no probe info after Close: %v", m)
-			}
-		})
-	}
+		}
+		// Final values stay collectable after Close.
+		m := metrics(t, s)
+		if m[fmt.Sprintf("statexec_probe_info{backend=%s}", mode)] != 1 {
+			t.Errorf("no probe info after Close: %v", m)
+		}
+	})
 }
 
 // TestCleanStale: a cgroup left by a statexec killed with SIGKILL (its pid
@@ -116,37 +109,30 @@ func TestCleanStale(t *testing.T) {
 // command starts (probe info, zeros), and Close on an error path kills a
 // command that still runs.
 func TestCollectBeforeStartAndCloseWhileRunning(t *testing.T) {
-	for _, mode := range []Mode{ModeEBPF, ModePlain} {
-		t.Run(string(mode), func(t *testing.T) {
-			requireRoot(t)
-			s, err := Start(Options{Mode: mode})
-			if err != nil {
-				t.Fatal(err)
-			}
-			m := metrics(t, s)
-			if m[fmt.Sprintf("statexec_probe_info{backend=%s}", mode)] != 1 {
-				t.Errorf("no probe info before start: %v", m)
-			}
-			if m["statexec_process_processes"] != 0 || m["statexec_process_cpu_seconds_total{mode=user}"] != 0 {
-				t.Errorf("non-zero values before start: %v", m)
-			}
-			cmd := shellCommand(s, "sleep 1000")
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			s.CommandStarted(cmd.Process.Pid)
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			if err := s.Close(); err != nil {
-				t.Fatalf("Close: %v", err)
-			}
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				t.Fatal("command still runs after Close")
-			}
-		})
-	}
+	forEachBackend(t, func(t *testing.T, mode Mode, s *Session) {
+		m := metrics(t, s)
+		if m[fmt.Sprintf("statexec_probe_info{backend=%s}", mode)] != 1 {
+			t.Errorf("no probe info before start: %v", m)
+		}
+		if m["statexec_process_processes"] != 0 || m["statexec_process_cpu_seconds_total{mode=user}"] != 0 {
+			t.Errorf("non-zero values before start: %v", m)
+		}
+		cmd := shellCommand(s, "sleep 1000")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		s.CommandStarted(cmd.Process.Pid)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		if err := s.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("command still runs after Close")
+		}
+	})
 }
 
 func TestKernelAtLeast(t *testing.T) {

@@ -376,3 +376,19 @@ func threadsSchedstat() string {
 	}
 	return fmt.Sprintf("%d %d", delay, pcount)
 }
+
+// forEachBackend runs f as a subtest with a fresh session of each backend
+// (root only); the session is closed when the subtest ends.
+func forEachBackend(t *testing.T, f func(t *testing.T, mode Mode, s *Session)) {
+	for _, mode := range []Mode{ModeEBPF, ModePlain} {
+		t.Run(string(mode), func(t *testing.T) {
+			requireRoot(t)
+			s, err := Start(Options{Mode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			f(t, mode, s)
+		})
+	}
+}

@@ -105,34 +105,27 @@ func TestEBPFSchedAccuracy(t *testing.T) {
 
 // TestLiveGauges checks the process/thread gauges while the tree runs.
 func TestLiveGauges(t *testing.T) {
-	for _, mode := range []Mode{ModeEBPF, ModePlain} {
-		t.Run(string(mode), func(t *testing.T) {
-			requireRoot(t)
-			s, err := Start(Options{Mode: mode})
-			if err != nil {
-				t.Fatal(err)
+	forEachBackend(t, func(t *testing.T, mode Mode, s *Session) {
+		defer s.Close()
+		cmd := shellCommand(s, "sleep 5 & sleep 5 & wait")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		s.CommandStarted(cmd.Process.Pid)
+		var m map[string]float64
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			m = metrics(t, s)
+			if m["statexec_process_processes"] == 3 {
+				break
 			}
-			defer s.Close()
-			cmd := shellCommand(s, "sleep 5 & sleep 5 & wait")
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			s.CommandStarted(cmd.Process.Pid)
-			var m map[string]float64
-			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-				m = metrics(t, s)
-				if m["statexec_process_processes"] == 3 {
-					break
-				}
-			}
-			if m["statexec_process_processes"] != 3 || m["statexec_process_threads"] != 3 {
-				t.Errorf("processes %v threads %v, want 3 and 3", m["statexec_process_processes"], m["statexec_process_threads"])
-			}
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			s.CommandEnded()
-		})
-	}
+		}
+		if m["statexec_process_processes"] != 3 || m["statexec_process_threads"] != 3 {
+			t.Errorf("processes %v threads %v, want 3 and 3", m["statexec_process_processes"], m["statexec_process_threads"])
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		s.CommandEnded()
+	})
 }
 
 func TestPlainMode(t *testing.T) {
