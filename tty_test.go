@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -38,33 +37,15 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 	return m, s
 }
 
-// ptyOutput collects what the terminal shows.
-type ptyOutput struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (p *ptyOutput) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.buf.Write(b)
-}
-
-func (p *ptyOutput) String() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.buf.String()
-}
-
 // startOnTerminal runs statexec as the foreground job of a new terminal,
 // as a shell would.
-func startOnTerminal(t *testing.T, env []string, args ...string) (*exec.Cmd, *os.File, *ptyOutput, chan int) {
+func startOnTerminal(t *testing.T, env []string, args ...string) (*exec.Cmd, *os.File, *lockedBuffer, chan int) {
 	t.Helper()
 	master, slave := openPTY(t)
 	cmd := newCmd(t, env, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Pdeathsig: syscall.SIGKILL}
-	out := &ptyOutput{}
+	out := &lockedBuffer{}
 	go func() {
 		b := make([]byte, 4096)
 		for {
@@ -87,7 +68,7 @@ func startOnTerminal(t *testing.T, env []string, args ...string) (*exec.Cmd, *os
 	return cmd, master, out, done
 }
 
-func waitOutput(t *testing.T, out *ptyOutput, want string) {
+func waitOutput(t *testing.T, out *lockedBuffer, want string) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if strings.Contains(out.String(), want) {
