@@ -3,7 +3,13 @@ GO      ?= go
 BIN     := bin/statexec
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
-FUZZTIME ?= 10s
+# Fuzz budgets are execution counts, not durations: with a duration, Go's
+# fuzz coordinator (before Go 1.27, go.dev/issue/75804) can fail a target
+# with a bare "context deadline exceeded" when a worker is busy at the
+# deadline. Counts are sized to about 10 s each on a 2-core machine.
+FUZZ_PARSE_EXECS  ?= 300000
+FUZZ_LABELS_EXECS ?= 8000
+FUZZ_MINIMIZE     ?= 200x
 
 .PHONY: all build deps run test unit fuzz bench generate check-generate example lint clean
 
@@ -27,15 +33,15 @@ lint:
 	$(GO) vet ./...
 
 # Every test: unit, BPF (as root), end-to-end with VictoriaMetrics and
-# promtool, then each fuzz target for $(FUZZTIME).
+# promtool, then each fuzz target for its execution budget.
 test: deps lint build unit fuzz
 
 unit:
 	$(GO) test -count=1 -timeout 20m ./...
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config
-	$(GO) test -run '^$$' -fuzz '^FuzzLabelValues$$' -fuzztime $(FUZZTIME) ./internal/store
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZ_PARSE_EXECS)x -fuzzminimizetime $(FUZZ_MINIMIZE) -timeout 5m ./internal/config
+	$(GO) test -run '^$$' -fuzz '^FuzzLabelValues$$' -fuzztime $(FUZZ_LABELS_EXECS)x -fuzzminimizetime $(FUZZ_MINIMIZE) -timeout 5m ./internal/store
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./internal/store ./internal/probe

@@ -331,9 +331,19 @@ func FuzzLabelValues(f *testing.F) {
 	for _, s := range []string{"", `a"b`, `back\slash`, "new\nline", "ünï©ødé", "\xff\xfe", strings.Repeat("x", 10000), `\"\n`} {
 		f.Add(s)
 	}
+	// One directory per fuzz worker and one spool name reused: a fresh
+	// t.TempDir per input costs more than the rest of the body.
+	spool := filepath.Join(f.TempDir(), "m.txt.spool")
 	f.Fuzz(func(t *testing.T, v string) {
 		v = config.CleanLabelValue(v) // as every label value is
-		s := newTestStore(t)
+		s, err := Create(spool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			s.Close()
+			os.Remove(spool)
+		}()
 		s.Append(1704067200000, []*dto.MetricFamily{counterFam("c_total", 1, lp("v", v))})
 		var buf bytes.Buffer
 		if err := s.Export(&buf, OpenMetrics); err != nil {
