@@ -2,14 +2,24 @@ package host
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"regexp"
 	"sort"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shirou/gopsutil/v4/disk"
 )
 
+// ignoredDisks are devices whose traffic is not disk traffic, or is
+// counted again elsewhere: RAM disks, zram, loop devices and floppies, as
+// node_exporter ignores by default.
+var ignoredDisks = regexp.MustCompile(`^(z?ram|loop|fd)\d+$`)
+
 type diskCollector struct {
 	ctx                   context.Context
+	sysBlock              string // /sys/block: whole disks, no partitions
 	readBytes, writeBytes *prometheus.Desc
 	reads, writes         *prometheus.Desc
 }
@@ -18,6 +28,7 @@ func newDiskCollector(ctx context.Context) *diskCollector {
 	d := func(name, help string) *prometheus.Desc { return desc(name, help, "disk") }
 	return &diskCollector{
 		ctx:        ctx,
+		sysBlock:   "/sys/block",
 		readBytes:  d("statexec_disk_read_bytes_total", "Bytes read from the disk."),
 		writeBytes: d("statexec_disk_write_bytes_total", "Bytes written to the disk."),
 		reads:      d("statexec_disk_reads_completed_total", "Reads completed by the disk."),
@@ -39,7 +50,9 @@ func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	names := make([]string, 0, len(stats))
 	for name := range stats {
-		names = append(names, name)
+		if c.counted(name) {
+			names = append(names, name)
+		}
 	}
 	sort.Strings(names)
 	for _, name := range names {
@@ -52,4 +65,20 @@ func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.reads, s.ReadCount)
 		counter(c.writes, s.WriteCount)
 	}
+}
+
+// counted tells whether a device of /proc/diskstats gets series: whole
+// disks only (a partition's bytes are already in its disk's, so summing
+// both would count them twice), without the ignored kinds. When /sys/block
+// cannot be read every device is counted rather than none.
+func (c *diskCollector) counted(name string) bool {
+	if ignoredDisks.MatchString(name) {
+		return false
+	}
+	if _, err := os.Stat(c.sysBlock); err != nil {
+		return true
+	}
+	// sysfs spells a "/" in a device name (cciss/c0d0) as "!".
+	_, err := os.Stat(filepath.Join(c.sysBlock, strings.ReplaceAll(name, "/", "!")))
+	return err == nil
 }

@@ -18,7 +18,7 @@ func newMemoryCollector(ctx context.Context) *memoryCollector {
 		ctx:       ctx,
 		total:     desc("statexec_memory_total_bytes", "Total physical memory in bytes."),
 		available: desc("statexec_memory_available_bytes", "Memory available for new work without swapping, in bytes."),
-		used:      desc("statexec_memory_used_bytes", "Memory in use (total - free - buffers - cached), in bytes."),
+		used:      desc("statexec_memory_used_bytes", "Memory in use (total - available), in bytes."),
 		free:      desc("statexec_memory_free_bytes", "Unused memory in bytes."),
 		buffers:   desc("statexec_memory_buffers_bytes", "Memory in kernel buffers, in bytes."),
 		cached:    desc("statexec_memory_cached_bytes", "Memory in the page cache, in bytes."),
