@@ -68,6 +68,18 @@ func startOnTerminal(t *testing.T, env []string, args ...string) (*exec.Cmd, *os
 	return cmd, master, out, done
 }
 
+// exitCode waits up to 15 s for statexec to end and returns its exit code.
+func exitCode(t *testing.T, done chan int, out *lockedBuffer) int {
+	t.Helper()
+	select {
+	case code := <-done:
+		return code
+	case <-time.After(15 * time.Second):
+		t.Fatalf("statexec did not end; terminal:\n%s", out.String())
+		return 0
+	}
+}
+
 func waitOutput(t *testing.T, out *lockedBuffer, want string) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
@@ -86,14 +98,10 @@ func TestCtrlCReachesCommandOnce(t *testing.T) {
 	cmd, master, out, done := startOnTerminal(t, []string{"SE_SUMMARY=0"}, "exec", "sh", "-c", script)
 	waitOutput(t, out, "ready")
 	master.Write([]byte{3}) // ^C: SIGINT to the terminal's foreground group
-	select {
-	case code := <-done:
-		waitOutput(t, out, "ints=")
-		if !strings.Contains(out.String(), "ints=1") || code != 3 {
-			t.Fatalf("exit %d; terminal:\n%s", code, out.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("statexec did not end; terminal:\n%s", out.String())
+	code := exitCode(t, done, out)
+	waitOutput(t, out, "ints=")
+	if !strings.Contains(out.String(), "ints=1") || code != 3 {
+		t.Fatalf("exit %d; terminal:\n%s", code, out.String())
 	}
 	testenvParse(t, fileOf(cmd.Env))
 }
@@ -112,13 +120,8 @@ func TestInteractiveShell(t *testing.T) {
 	master.Write([]byte{3}) // interrupts the sleep, not bash nor statexec
 	time.Sleep(300 * time.Millisecond)
 	master.Write([]byte("echo alive; exit 5\n"))
-	select {
-	case code := <-done:
-		if code != 5 || !strings.Contains(out.String(), "alive") {
-			t.Fatalf("exit %d; terminal:\n%s", code, out.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("bash did not exit; terminal:\n%s", out.String())
+	if code := exitCode(t, done, out); code != 5 || !strings.Contains(out.String(), "alive") {
+		t.Fatalf("exit %d; terminal:\n%s", code, out.String())
 	}
 }
 
@@ -160,13 +163,8 @@ func TestCtrlZStopsAndContinues(t *testing.T) {
 		t.Fatal("the command ran on while stopped")
 	}
 	cmd.Process.Signal(syscall.SIGCONT) // what the shell's fg does
-	select {
-	case code := <-done:
-		if code != 0 || !strings.Contains(out.String(), "done") {
-			t.Fatalf("exit %d; terminal:\n%s", code, out.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("statexec did not end after SIGCONT; terminal:\n%s", out.String())
+	if code := exitCode(t, done, out); code != 0 || !strings.Contains(out.String(), "done") {
+		t.Fatalf("exit %d after SIGCONT; terminal:\n%s", code, out.String())
 	}
 	testenvParse(t, fileOf(cmd.Env))
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,11 +20,16 @@ import (
 )
 
 // sample gathers every host collector once and returns value by
-// series, the series keyed as name{label values in order}.
+// series, the series keyed as name{label=value,...}.
 func sample(t *testing.T) map[string]float64 {
 	t.Helper()
+	return gather(t, Collectors(context.Background())...)
+}
+
+func gather(t *testing.T, cs ...prometheus.Collector) map[string]float64 {
+	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	for _, c := range Collectors(context.Background()) {
+	for _, c := range cs {
 		reg.MustRegister(c)
 	}
 	fams, err := reg.Gather()
@@ -312,23 +318,17 @@ func TestDiskCollectorFilters(t *testing.T) {
 	}
 }
 
-// collectNames returns the disk label values a disk collector reports.
+// collectNames returns the disk label values a disk collector reports,
+// sorted.
 func collectNames(t *testing.T, c *diskCollector) []string {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	const prefix = "statexec_disk_write_bytes_total{disk="
 	var names []string
-	for _, f := range fams {
-		if f.GetName() != "statexec_disk_write_bytes_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			names = append(names, m.GetLabel()[0].GetValue())
+	for k := range gather(t, c) {
+		if name, ok := strings.CutPrefix(k, prefix); ok {
+			names = append(names, strings.TrimSuffix(name, "}"))
 		}
 	}
+	slices.Sort(names)
 	return names
 }
