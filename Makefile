@@ -49,10 +49,12 @@ bench: deps build
 
 generate:
 	$(GO) generate ./internal/probe/...
+	./scripts/fetch-uplot.sh
 
-# CI: the committed BPF objects must be what the sources compile to.
+# CI: the committed BPF objects must be what the sources compile to, and the
+# embedded uPlot exactly the pinned npm package's files.
 check-generate: deps generate
-	git diff --exit-code -- internal/probe bpf
+	git diff --exit-code -- internal/probe bpf internal/report/assets
 
 # Regenerates example/statexec_metrics.txt from the README's iperf3 example.
 example: deps build

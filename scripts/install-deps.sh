@@ -34,10 +34,16 @@ declare -A PKG_CMD=(
 	[util-linux]=setpriv
 	[hyperfine]=hyperfine
 	[curl]=curl
+	[npm]=npm
+	[openssl]=openssl
+	[chromium]=chromium
 )
+# Packages whose command alone is enough (npm also comes with NodeSource's
+# nodejs, which conflicts with Debian's npm package).
+declare -A CMD_ENOUGH=([npm]=1)
 # Stable order for messages and apt-get.
 PKGS=(clang llvm libbpf-dev bpftool victoria-metrics prometheus iperf3 linux-perf
-	iproute2 libcap2-bin util-linux hyperfine curl)
+	iproute2 libcap2-bin util-linux hyperfine curl npm openssl chromium)
 
 APT_WAIT_SECONDS=${APT_WAIT_SECONDS:-1200}
 
@@ -54,6 +60,9 @@ missing_pkgs() {
 	for p in "${PKGS[@]}"; do
 		c=${PKG_CMD[$p]}
 		if [ "${status[$p]:-}" != installed ]; then
+			if [ -n "${CMD_ENOUGH[$p]:-}" ] && command -v "$c" >/dev/null 2>&1; then
+				continue
+			fi
 			echo "$p"
 		elif [ -n "$c" ] && ! command -v "$c" >/dev/null 2>&1; then
 			echo "$p"
