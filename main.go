@@ -10,6 +10,7 @@ import (
 
 	"github.com/statexec/statexec/internal/config"
 	"github.com/statexec/statexec/internal/modes"
+	"github.com/statexec/statexec/internal/report"
 	"github.com/statexec/statexec/internal/store"
 )
 
@@ -27,6 +28,7 @@ Usage:
   statexec [flags] syncStart <url> <command> [args...]
   statexec [flags] syncStartAndStop <url> <command> [args...]
   statexec recover <spool> [output]
+  statexec report [--text] [-o report.html] <file>...
   statexec help | version
 
 Modes:
@@ -37,6 +39,10 @@ Modes:
   syncStart          POST <url>/start, then run the command
   syncStartAndStop   as syncStart; POST <url>/stop after the command ended
   recover            turn the spool of an interrupted run into a metrics file
+  report             write one offline HTML page with the files' charts and
+                     summary (several files: overlaid, with ratios to the
+                     first); default output: the first file with .html;
+                     --text prints the summary table instead
 
 Flags (may also follow the mode, up to the command; they win over variables):
   -f, --file PATH            SE_METRICS_FILE              metrics file (/tmp/statexec_metrics.txt)
@@ -53,6 +59,7 @@ Flags (may also follow the mode, up to the command; they win over variables):
       --token SECRET         SE_SYNC_TOKEN                shared secret of the sync modes
       --sync-timeout SECONDS SE_SYNC_TIMEOUT              how long a client retries (30)
       --stop-grace SECONDS   SE_STOP_GRACE                grace between stop signals (5)
+      --report PATH          SE_REPORT                    also write the HTML report here at the end
 
 Exit status: the command's; 128+N if it was killed by signal N; 2 for bad
 usage; 126 if the command cannot be executed; 127 if it is not found.
@@ -63,6 +70,9 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "report" {
+		return reportCmd(args[1:], stdout, stderr)
+	}
 	host, _ := os.Hostname()
 	inv, err := config.Parse(args, os.Environ(), host)
 	if err != nil {
@@ -105,5 +115,68 @@ func recoverSpool(inv *config.Invocation, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "statexec: recovered %d samples into %s\n", n, out)
+	return 0
+}
+
+// reportCmd runs `statexec report [--text] [-o FILE] FILE...`.
+func reportCmd(args []string, stdout, stderr io.Writer) int {
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "statexec: report: "+format+"\n", a...)
+		fmt.Fprintln(stderr, "Usage: statexec report [--text] [-o report.html] <file>...")
+		return 2
+	}
+	var files []string
+	out, text := "", false
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "--":
+			files = append(files, args[i+1:]...)
+			i = len(args)
+		case a == "--text":
+			text = true
+		case a == "-o" || a == "--output":
+			if i+1 >= len(args) {
+				return usageErr("%s needs a file name", a)
+			}
+			i++
+			out = args[i]
+		case strings.HasPrefix(a, "--output="):
+			out = strings.TrimPrefix(a, "--output=")
+		case strings.HasPrefix(a, "-") && a != "-":
+			return usageErr("unknown flag %s", a)
+		default:
+			files = append(files, a)
+		}
+	}
+	if len(files) == 0 {
+		return usageErr("no metrics file given")
+	}
+	if !text {
+		if out == "" {
+			out = report.DefaultOutput(files[0])
+		}
+		if err := report.CheckOutput(out); err != nil {
+			fmt.Fprintf(stderr, "statexec: %v\n", err)
+			return 2
+		}
+	}
+	runs, err := report.Load(files)
+	if err != nil {
+		fmt.Fprintf(stderr, "statexec: report: %v\n", err)
+		return 2
+	}
+	rep := report.Build(runs, report.MaxPoints)
+	if text {
+		if err := rep.WriteText(stdout); err != nil {
+			fmt.Fprintf(stderr, "statexec: report: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	if err := rep.WriteFile(out); err != nil {
+		fmt.Fprintf(stderr, "statexec: report: write %s: %v\n", out, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "statexec: report written to %s\n", out)
 	return 0
 }

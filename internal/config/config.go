@@ -63,6 +63,7 @@ type Config struct {
 	SyncToken      string
 	SyncTimeout    time.Duration
 	StopGrace      time.Duration
+	Report         string // HTML report written after the metrics file; "" for none
 }
 
 // Invocation is what statexec was asked to do.
@@ -292,6 +293,7 @@ var settings = []setting{
 		c.SyncTimeout = d
 		return err
 	}},
+	{"SE_REPORT", "report", "", func(c *Config, v string) error { c.Report = v; return nil }},
 	{"SE_STOP_GRACE", "stop-grace", "", func(c *Config, v string) error {
 		d, err := parseSeconds(v)
 		c.StopGrace = d

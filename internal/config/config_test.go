@@ -205,3 +205,18 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestReportSetting(t *testing.T) {
+	inv, err := parse(t, []string{"SE_REPORT=/tmp/env.html"}, "exec", "true")
+	if err != nil || inv.Config.Report != "/tmp/env.html" {
+		t.Fatalf("SE_REPORT: %+v, %v", inv, err)
+	}
+	inv, err = parse(t, []string{"SE_REPORT=/tmp/env.html"}, "--report", "/tmp/flag.html", "exec", "true")
+	if err != nil || inv.Config.Report != "/tmp/flag.html" {
+		t.Fatalf("--report over SE_REPORT: %+v, %v", inv, err)
+	}
+	inv, err = parse(t, nil, "exec", "true")
+	if err != nil || inv.Config.Report != "" {
+		t.Fatalf("default: %+v, %v", inv, err)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/statexec/statexec/internal/config"
 	"github.com/statexec/statexec/internal/host"
 	"github.com/statexec/statexec/internal/probe"
+	"github.com/statexec/statexec/internal/report"
 	"github.com/statexec/statexec/internal/sampler"
 	"github.com/statexec/statexec/internal/store"
 	"github.com/statexec/statexec/internal/syncctl"
@@ -104,6 +105,11 @@ func (r *run) setup() (int, error) {
 	}
 	if err := config.CheckMetricsFile(r.cfg.MetricsFile); err != nil {
 		return ExitUsage, err
+	}
+	if r.cfg.Report != "" {
+		if err := report.CheckOutput(r.cfg.Report); err != nil {
+			return ExitUsage, err
+		}
 	}
 	spool := r.cfg.MetricsFile + ".spool"
 	if err := r.recoverStale(spool); err != nil {
@@ -375,6 +381,12 @@ func (r *run) finish(code int) int {
 	r.st = nil
 	if r.cfg.Summary {
 		r.printSummary(code, summary)
+	}
+	if r.cfg.Report != "" {
+		if err := writeReport(r.cfg, r.inv.Command, r.child != nil, code); err != nil {
+			r.errorf("report: %v", err)
+			code = failed(code)
+		}
 	}
 	if sampleErr != nil {
 		r.errorf("some samples were lost: %v", sampleErr)
