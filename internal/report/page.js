@@ -36,6 +36,11 @@
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
   var dashes = [[], [6, 3], [2, 2], [10, 3, 2, 3], [1, 4]];
 
+  function hexRGB(c) {
+    var m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(String(c));
+    return m ? [parseInt(m[1], 16), parseInt(m[2], 16), parseInt(m[3], 16)] : [-999, -999, -999];
+  }
+
   function colour(s, i) {
     return palette[(multi ? s.run : i) % palette.length];
   }
@@ -160,9 +165,12 @@
         drawAxes: [function (u) { if (first) snap = image(u); }],
         drawSeries: [function (u, si) {
           if (!first || !snap) return;
-          var now = image(u), n = 0;
-          for (var k = 3; k < now.length; k += 4) {
-            if (now[k] !== snap[k] || now[k - 1] !== snap[k - 1] || now[k - 2] !== snap[k - 2] || now[k - 3] !== snap[k - 3]) n++;
+          // Count only changed pixels close to the series' own colour
+          // (antialiased edges blend; markers' white fill does not count).
+          var rgb = hexRGB(u.series[si].stroke()), now = image(u), n = 0;
+          for (var k = 0; k < now.length; k += 4) {
+            if (now[k] === snap[k] && now[k + 1] === snap[k + 1] && now[k + 2] === snap[k + 2] && now[k + 3] === snap[k + 3]) continue;
+            if (now[k + 3] > 128 && Math.abs(now[k] - rgb[0]) < 48 && Math.abs(now[k + 1] - rgb[1]) < 48 && Math.abs(now[k + 2] - rgb[2]) < 48) n++;
           }
           ps.series[si - 1].pixels = n;
           snap = now;
