@@ -46,6 +46,7 @@ fuzz:
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./internal/store ./internal/probe
 	./scripts/bench.sh
+	./scripts/bench-report.sh
 
 generate:
 	$(GO) generate ./internal/probe/...
