@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/statexec/statexec/internal/config"
@@ -154,6 +155,11 @@ func reportCmd(args []string, stdout, stderr io.Writer) int {
 	if !text {
 		if out == "" {
 			out = report.DefaultOutput(files[0])
+		}
+		for _, f := range files {
+			if filepath.Clean(f) == filepath.Clean(out) {
+				return usageErr("the output %s is one of the input files", out)
+			}
 		}
 		if err := report.CheckOutput(out); err != nil {
 			fmt.Fprintf(stderr, "statexec: %v\n", err)

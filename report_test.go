@@ -47,6 +47,7 @@ func TestReportBadInput(t *testing.T) {
 		// The output is checked before any input is read.
 		{"unwritable output", []string{"report", "-o", filepath.Join(dir, "no", "dir", "r.html"), filepath.Join(dir, "nope.txt")}, []string{"r.html", "cannot write"}},
 		{"no file", []string{"report"}, []string{"no metrics file"}},
+		{"output is an input", []string{"report", "-o", foreign, foreign}, []string{"is one of the input files"}},
 		{"unknown flag", []string{"report", "--png", foreign}, []string{"unknown flag --png"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -20,6 +20,7 @@ type pageState struct {
 	Requests int      `json:"requests"`
 	Panels   []struct {
 		ID     string `json:"id"`
+		Bands  int    `json:"bands"` // shaded phases drawn
 		Series []struct {
 			Label  string `json:"label"`
 			Shown  bool   `json:"shown"`
@@ -104,10 +105,12 @@ func TestReportInChromium(t *testing.T) {
 		name      string
 		files     []string
 		decimated bool
+		bands     int // shaded waiting phases on each chart
 	}{
-		{"example", []string{"../../example/statexec_metrics.txt"}, false},
-		{"example-sync-pair", []string{"../../example/statexec_metrics.txt", "../../example/statexec_metrics_server.txt"}, false},
-		{"ab-decimated", []string{big("baseline.txt", 100, 0.05), big("candidate.txt", 100, 0.08)}, true},
+		{"example", []string{"../../example/statexec_metrics.txt"}, false, -1},
+		{"example-sync-pair", []string{"../../example/statexec_metrics.txt", "../../example/statexec_metrics_server.txt"}, false, -1},
+		// Each run waits 1 s before its command and 99.9 s after it.
+		{"ab-decimated", []string{big("baseline.txt", 100, 0.05), big("candidate.txt", 100, 0.08)}, true, 4},
 	}
 	out := artifactsDir(t)
 	for _, c := range cases {
@@ -141,6 +144,9 @@ func TestReportInChromium(t *testing.T) {
 				want := rep.Panels[i]
 				if p.ID != want.ID || len(p.Series) != len(want.Series) {
 					t.Fatalf("panel %d: %s with %d series, want %s with %d", i, p.ID, len(p.Series), want.ID, len(want.Series))
+				}
+				if c.bands >= 0 && p.Bands != c.bands {
+					t.Errorf("%s: %d shaded phases, want %d", p.ID, p.Bands, c.bands)
 				}
 				for k, s := range p.Series {
 					ws := want.Series[k]

@@ -65,8 +65,9 @@
   }
 
   // Phases shaded under the grid: waiting before and after the command.
+  // Returns how many bands it drew.
   function shadePhases(u) {
-    var ctx = u.ctx, top = u.bbox.top, h = u.bbox.height;
+    var ctx = u.ctx, top = u.bbox.top, h = u.bbox.height, bands = 0;
     data.runs.forEach(function (r, i) {
       var c = multi ? palette[i % palette.length] : "#808080";
       ctx.save();
@@ -76,12 +77,16 @@
         if (a == null || b == null || b <= a) return;
         var x0 = u.valToPos(a, "x", true), x1 = u.valToPos(b, "x", true);
         var l = Math.max(x0, u.bbox.left), rgt = Math.min(x1, u.bbox.left + u.bbox.width);
-        if (rgt > l) ctx.fillRect(l, top, rgt - l, h);
+        if (rgt > l) {
+          ctx.fillRect(l, top, rgt - l, h);
+          bands++;
+        }
       }
       band(r.first, r.start != null ? r.start : r.last);
       if (r.end != null) band(r.end, r.last);
       ctx.restore();
     });
+    return bands;
   }
 
   var charts = [];
@@ -128,7 +133,7 @@
     div.appendChild(plot);
     section.appendChild(div);
 
-    var ps = { id: p.id, series: [] };
+    var ps = { id: p.id, series: [], bands: 0 };
     state.panels.push(ps);
     var first = true, snap = null;
     function image(u) {
@@ -159,7 +164,10 @@
         } }
       ],
       hooks: {
-        drawClear: [shadePhases],
+        drawClear: [function (u) {
+          var n = shadePhases(u);
+          if (first) ps.bands = n;
+        }],
         // On the first draw, count the pixels each series changed on the
         // canvas: the proof that every series was drawn.
         drawAxes: [function (u) { if (first) snap = image(u); }],
