@@ -30,7 +30,7 @@ func TestReportBadInput(t *testing.T) {
 		}
 		return p
 	}
-	notMetrics := write("page.html", "<html>\n<body>hello</body>\n</html>\n")
+	notMetrics := write("page.htm", "<html>\n<body>hello</body>\n</html>\n")
 	badLine := write("bad.txt", "# HELP statexec_a A.\n# TYPE statexec_a gauge\nstatexec_a 1 1704067200\nstatexec_a{x=\"1\" 2 1704067201\n# EOF\n")
 	empty := write("empty.txt", "")
 	foreign := write("foreign.txt", "# HELP up Up.\n# TYPE up gauge\nup 1 1704067200\n# EOF\n")
