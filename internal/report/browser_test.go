@@ -68,7 +68,7 @@ func openInChromium(t *testing.T, page, screenshot string) pageState {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, chromium(t), "--headless", "--no-sandbox", "--disable-gpu",
-		"--hide-scrollbars", "--no-first-run", "--disable-background-networking",
+		"--hide-scrollbars", "--no-first-run", "--disable-dev-shm-usage", "--disable-background-networking",
 		"--disable-component-update", "--disable-sync", "--disable-default-apps",
 		"--user-data-dir="+t.TempDir(),
 		"--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
@@ -120,6 +120,13 @@ func TestReportInChromium(t *testing.T) {
 				t.Fatal(err)
 			}
 			rep := Build(runs, MaxPoints)
+			for _, r := range runs {
+				for _, s := range r.file.Series {
+					if !r.drawn[s] {
+						t.Errorf("%s: series %s%v on no panel", r.Name, s.Name, s.Labels)
+					}
+				}
+			}
 			page := filepath.Join(dir, c.name+".html")
 			if err := rep.WriteFile(page); err != nil {
 				t.Fatal(err)
