@@ -37,13 +37,14 @@ declare -A PKG_CMD=(
 	[npm]=npm
 	[openssl]=openssl
 	[chromium]=chromium
+	[python3]=python3
 )
 # Packages whose command alone is enough (npm also comes with NodeSource's
 # nodejs, which conflicts with Debian's npm package).
 declare -A CMD_ENOUGH=([npm]=1)
 # Stable order for messages and apt-get.
 PKGS=(clang llvm libbpf-dev bpftool victoria-metrics prometheus iperf3 linux-perf
-	iproute2 libcap2-bin util-linux hyperfine curl npm openssl chromium)
+	iproute2 libcap2-bin util-linux hyperfine curl npm openssl chromium python3)
 
 APT_WAIT_SECONDS=${APT_WAIT_SECONDS:-1200}
 

@@ -413,7 +413,8 @@ func (p *parser) valueAndTimestamp(name, rest string) (int64, float64, error) {
 		if !strings.HasPrefix(rest, " ") {
 			return 0, 0, errors.New("expected a single space after the metric name/labels")
 		}
-		fields = strings.SplitN(rest[1:], " ", 4)
+		var buf [3]string
+		fields = splitSpaces(rest[1:], buf[:0])
 		for _, f := range fields {
 			if f == "" {
 				return 0, 0, errors.New("OpenMetrics separates fields by exactly one space")
@@ -430,7 +431,7 @@ func (p *parser) valueAndTimestamp(name, rest string) (int64, float64, error) {
 		return 0, 0, errors.New("missing value")
 	case len(fields) == 1:
 		return 0, 0, fmt.Errorf("sample %s has no timestamp (every sample line needs one; promtool rejects it)", name)
-	case len(fields) > 2 && fields[2] == "#":
+	case len(fields) > 2 && (fields[2] == "#" || strings.HasPrefix(fields[2], "# ")):
 		return 0, 0, errors.New("exemplars are not expected in statexec output")
 	case len(fields) > 2:
 		return 0, 0, fmt.Errorf("unexpected fields after the timestamp: %q", fields[2:])
@@ -446,6 +447,19 @@ func (p *parser) valueAndTimestamp(name, rest string) (int64, float64, error) {
 		ts, err = parsePromTimestamp(fields[1])
 	}
 	return ts, value, err
+}
+
+// splitSpaces splits s at single spaces into at most 3 fields (the third
+// holds the rest), appending to fields: no allocation for a sample line.
+func splitSpaces(s string, fields []string) []string {
+	for len(fields) < 2 {
+		i := strings.IndexByte(s, ' ')
+		if i < 0 {
+			break
+		}
+		fields, s = append(fields, s[:i]), s[i+1:]
+	}
+	return append(fields, s)
 }
 
 // newSeries parses the labels of a series seen for the first time, checks
@@ -466,7 +480,13 @@ func (p *parser) newSeries(name, raw, l string, i int) (*seriesState, error) {
 	if s == nil {
 		s = &seriesState{idx: len(p.f.Series)}
 		p.byKey[key] = s
-		p.f.Series = append(p.f.Series, &Series{Name: strings.Clone(name), Family: p.cur.idx, Labels: labels})
+		// The series of a statexec file share their instants: the previous
+		// series' length is a good guess of this one's.
+		var points []Point
+		if n := len(p.f.Series); n > 0 {
+			points = make([]Point, 0, len(p.f.Series[n-1].Points))
+		}
+		p.f.Series = append(p.f.Series, &Series{Name: strings.Clone(name), Family: p.cur.idx, Labels: labels, Points: points})
 	}
 	p.byRaw[raw] = s
 	return s, nil
@@ -655,8 +675,8 @@ func isLabelName(s string) bool {
 // decimal is a number in decimal notation, split into its parts.
 type decimal struct {
 	neg        bool
-	mantissa   string // the digits, without the point
-	fracDigits int    // how many of them follow the point
+	intDigits  string // the digits before the point
+	fracDigits string // the digits after it
 	exp        int64
 }
 
@@ -688,7 +708,7 @@ func scanDecimal(s string) (decimal, bool) {
 	if intDigits == "" && frac == "" {
 		return d, false
 	}
-	d.mantissa, d.fracDigits = intDigits+frac, len(frac)
+	d.intDigits, d.fracDigits = intDigits, frac
 	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
 		i++
 		es := i
@@ -766,15 +786,25 @@ func parseOMTimestamp(s string) (int64, error) {
 // exactMs returns d seconds in milliseconds when that is an integer that
 // int64 arithmetic computes exactly; false sends the caller to big.Rat.
 func (d decimal) exactMs() (int64, bool) {
-	digits := strings.TrimLeft(d.mantissa, "0")
-	if len(digits) > 15 {
-		return 0, false
-	}
+	digits := len(d.intDigits) + len(d.fracDigits)
 	m := int64(0)
-	for i := 0; i < len(digits); i++ {
-		m = m*10 + int64(digits[i]-'0')
+	significant := 0
+	for i := 0; i < digits; i++ {
+		var c byte
+		if i < len(d.intDigits) {
+			c = d.intDigits[i]
+		} else {
+			c = d.fracDigits[i-len(d.intDigits)]
+		}
+		if m == 0 && c == '0' {
+			continue
+		}
+		if significant++; significant > 15 {
+			return 0, false
+		}
+		m = m*10 + int64(c-'0')
 	}
-	shift := d.exp - int64(d.fracDigits) + 3 // ms = m * 10^shift
+	shift := d.exp - int64(len(d.fracDigits)) + 3 // ms = m * 10^shift
 	if m == 0 {
 		return 0, true
 	}
@@ -802,7 +832,7 @@ func (d decimal) exactMs() (int64, bool) {
 // parsePromTimestamp parses a Prometheus 0.0.4 timestamp: integer milliseconds.
 func parsePromTimestamp(s string) (int64, error) {
 	d, ok := scanDecimal(s)
-	if !ok || d.fracDigits > 0 || d.exp != 0 || strings.ContainsAny(s, ".eE+") {
+	if !ok || d.fracDigits != "" || d.exp != 0 || strings.ContainsAny(s, ".eE+") {
 		return 0, fmt.Errorf("invalid timestamp %q (Prometheus 0.0.4 timestamps are integer milliseconds)", s)
 	}
 	v, err := strconv.ParseInt(s, 10, 64)

@@ -194,37 +194,56 @@ func histogramQuantiles(buckets []*metricsfile.Series, qs []float64) (ts []int64
 		}
 		return nil, perInterval, whole
 	}
-	// Bucket series of one histogram share their instants; index by time.
-	at := make([]map[int64]float64, len(bl))
-	for i, b := range bl {
-		at[i] = make(map[int64]float64, len(b.points))
-		for _, p := range b.points {
-			at[i][p.TimestampMs] = p.Value
-		}
-	}
+	// Each bucket's values at the first bucket's instants (the bucket series
+	// of one histogram share their instants; a missing instant counts 0).
 	times := bl[0].points
+	at := make([][]float64, len(bl))
+	for i, b := range bl {
+		at[i] = valuesAt(times, b.points)
+	}
 	cur := make([]bucket, len(bl))
 	for k := 1; k < len(times); k++ {
-		t0, t1 := times[k-1].TimestampMs, times[k].TimestampMs
 		for i, b := range bl {
-			inc := at[i][t1] - at[i][t0]
+			inc := at[i][k] - at[i][k-1]
 			if inc < 0 {
-				inc = at[i][t1]
+				inc = at[i][k]
 			}
 			cur[i] = bucket{b.upper, inc}
 		}
-		ts = append(ts, t1)
+		ts = append(ts, times[k].TimestampMs)
 		for j, q := range qs {
 			perInterval[j] = append(perInterval[j], quantile(q, cur))
 		}
 	}
-	last := times[len(times)-1].TimestampMs
-	first := times[0].TimestampMs
 	for i, b := range bl {
-		cur[i] = bucket{b.upper, at[i][last] - at[i][first]}
+		cur[i] = bucket{b.upper, at[i][len(times)-1] - at[i][0]}
 	}
 	for j, q := range qs {
 		whole[j] = quantile(q, cur)
 	}
 	return ts, perInterval, whole
+}
+
+// valuesAt returns the values of points at the given instants, 0 where
+// points has none.
+func valuesAt(times, points []metricsfile.Point) []float64 {
+	out := make([]float64, len(times))
+	aligned := len(points) == len(times)
+	for k := 0; aligned && k < len(times); k++ {
+		aligned = points[k].TimestampMs == times[k].TimestampMs
+	}
+	if aligned {
+		for k, p := range points {
+			out[k] = p.Value
+		}
+		return out
+	}
+	byTime := make(map[int64]float64, len(points))
+	for _, p := range points {
+		byTime[p.TimestampMs] = p.Value
+	}
+	for k, t := range times {
+		out[k] = byTime[t.TimestampMs]
+	}
+	return out
 }
