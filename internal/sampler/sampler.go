@@ -18,22 +18,42 @@ import (
 	"github.com/statexec/statexec/internal/store"
 )
 
-// Clock maps the monotonic time since the start of the run onto the
-// time axis of the file: timestamp = origin + (now - start). Using the
+// Clock maps the monotonic time since its start instant onto the time
+// axis of the file: timestamp = origin + (now - start). Using the
 // monotonic clock keeps timestamps increasing when the wall clock jumps.
 type Clock struct {
 	start    time.Time
 	originMs int64
+	wall     bool // the origin is the wall-clock time of start
 }
 
 // NewClock starts a clock now. originMs < 0 means the wall-clock time now.
 func NewClock(originMs int64) Clock {
-	start := time.Now()
-	if originMs < 0 {
+	return newClockAt(time.Now(), originMs)
+}
+
+func newClockAt(start time.Time, originMs int64) Clock {
+	wall := originMs < 0
+	if wall {
 		originMs = start.UnixMilli()
 	}
-	return Clock{start: start, originMs: originMs}
+	return Clock{start: start, originMs: originMs, wall: wall}
 }
+
+// Rebased is the clock whose origin is at instant at (the sync instant),
+// and how many ms it moves a timestamp of c: the new origin is the same
+// number (or the wall-clock time of at, when the origin is "now").
+func (c Clock) Rebased(at time.Time) (Clock, int64) {
+	origin := c.originMs
+	if c.wall {
+		origin = -1
+	}
+	n := newClockAt(at, origin)
+	return n, n.originMs - (c.originMs + at.Sub(c.start).Milliseconds())
+}
+
+// OriginMs is the timestamp of the clock's start instant.
+func (c Clock) OriginMs() int64 { return c.originMs }
 
 // NowMs is the current timestamp in milliseconds, as ExactMs makes it.
 func (c Clock) NowMs() int64 { return ExactMs(c.originMs + time.Since(c.start).Milliseconds()) }
@@ -80,7 +100,7 @@ func fastParse(s string) float64 {
 	return f * math.Pow10(e)
 }
 
-// Start is the monotonic start of the run.
+// Start is the instant the clock maps to its origin.
 func (c Clock) Start() time.Time { return c.start }
 
 // Sampler gathers and stores samples. Safe for concurrent use.
@@ -127,6 +147,22 @@ func (s *Sampler) Sample() {
 		return
 	}
 	s.lastTs = ts
+}
+
+// Sync moves the time origin to the instant at (the sync instant of the
+// wait* and sync* modes): later samples are timed from at, and those
+// already stored move by the same amount, so that they keep their true
+// place before the origin. It returns the clock now in use.
+func (s *Sampler) Sync(at time.Time) (Clock, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clock, delta := s.clock.Rebased(at)
+	if err := s.store.Shift(delta); err != nil {
+		return s.clock, err
+	}
+	s.clock = clock
+	s.lastTs += delta
+	return clock, nil
 }
 
 func (s *Sampler) warnOnce(key, msg string) {

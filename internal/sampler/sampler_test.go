@@ -47,3 +47,27 @@ func TestClockOrigin(t *testing.T) {
 		t.Fatalf("origin -1 is %d ms from now", d)
 	}
 }
+
+// TestRebasedMovesTheOriginToTheSyncInstant: after the sync instant the
+// origin is at that instant; the delta moves an earlier timestamp of the
+// old clock to its true place before the origin.
+func TestRebasedMovesTheOriginToTheSyncInstant(t *testing.T) {
+	start := time.Now()
+	c := newClockAt(start, 1704067200000)
+	at := start.Add(3*time.Second + 250*time.Millisecond)
+	n, delta := c.Rebased(at)
+	if n.OriginMs() != 1704067200000 || !n.Start().Equal(at) {
+		t.Fatalf("rebased origin %d at %v", n.OriginMs(), n.Start())
+	}
+	// A sample 1 s after the old start lies 2.25 s before the new origin.
+	before := c.originMs + time.Second.Milliseconds()
+	if got := before + delta; got != 1704067200000-2250 {
+		t.Fatalf("sample 1 s after start moved to %d, want origin - 2250", got)
+	}
+	// With the origin "now", the axis is the wall clock before and after.
+	w := newClockAt(start, -1)
+	nw, delta := w.Rebased(at)
+	if nw.OriginMs() != at.UnixMilli() || delta < -1 || delta > 1 {
+		t.Fatalf("wall origin rebased to %d (want %d), delta %d", nw.OriginMs(), at.UnixMilli(), delta)
+	}
+}
