@@ -66,6 +66,10 @@ type run struct {
 	startFailedOnce sync.Once
 	interrupted     os.Signal // a signal ended the run before the command
 	points          int       // samples written
+	// syncedAt is the sync instant of the wait* and sync* modes (zero
+	// before it and in exec mode): the origin of the time axis.
+	syncedAt   time.Time
+	clockStart time.Time // when the sampler's clock started
 }
 
 // Run runs the invocation and returns statexec's exit code.
@@ -105,6 +109,9 @@ func (r *run) setup() (int, error) {
 	if err := config.CheckMetricsFile(r.cfg.MetricsFile); err != nil {
 		return ExitUsage, err
 	}
+	if err := r.checkOrigin(); err != nil {
+		return ExitUsage, err
+	}
 	spool := r.cfg.MetricsFile + ".spool"
 	if err := r.recoverStale(spool); err != nil {
 		return ExitUsage, err
@@ -135,6 +142,7 @@ func (r *run) setup() (int, error) {
 		return ExitUsage, err
 	}
 	clock := sampler.NewClock(r.cfg.TimeRelativeMs)
+	r.clockStart = clock.Start()
 	r.hintRetention()
 	r.smp = sampler.New(reg, r.st, clock, duration, r.stderr)
 	return 0, nil
@@ -210,11 +218,25 @@ func (r *run) execute() int {
 
 // phases runs the command and returns the exit code so far.
 func (r *run) phases() int {
-	if sig := r.sleep(r.cfg.WaitBefore); sig != nil {
-		return r.interrupt(sig)
+	if synced(r.inv.Mode) {
+		if code, ok := r.syncPhase(); !ok {
+			return code
+		}
 	}
-	if code, ok := r.startPhase(); !ok {
-		return code
+	// In the wait* and sync* modes the wait before the command follows
+	// the sync, on both sides. A server with no wait has started the
+	// command already, when /start came.
+	if r.child == nil {
+		if sig := r.sleep(r.cfg.WaitBefore); sig != nil {
+			return r.interrupt(sig)
+		}
+		if err := r.startCommand(); err != nil {
+			code, _ := r.startFailed(err)
+			if r.srv != nil {
+				r.srv.Finished(code)
+			}
+			return code
+		}
 	}
 	code := r.wait()
 	r.status.Set(statusDone)
@@ -267,27 +289,6 @@ func (r *run) startCommand() error {
 	r.probe.CommandStarted(c.pid)
 	r.smp.Sample()
 	return nil
-}
-
-// startPhase starts the command as the mode says; ok is false when it
-// did not start, with the exit code to use.
-func (r *run) startPhase() (int, bool) {
-	switch r.inv.Mode {
-	case config.ModeWaitStart, config.ModeWaitStartAndStop:
-		return r.serveUntilStarted()
-	case config.ModeSyncStart, config.ModeSyncStartAndStop:
-		if err := r.send("start"); err != nil {
-			r.errorf("%v; the command is not run", err)
-			if r.interrupted != nil {
-				return signalCode(r.interrupted), false
-			}
-			return 1, false
-		}
-	}
-	if err := r.startCommand(); err != nil {
-		return r.startFailed(err)
-	}
-	return 0, true
 }
 
 func (r *run) startFailed(err error) (int, bool) {
