@@ -227,7 +227,13 @@ func (r *run) phases() int {
 	// the sync, on both sides. A server with no wait has started the
 	// command already, when /start came.
 	if r.child == nil {
-		if sig := r.sleep(r.cfg.WaitBefore); sig != nil {
+		wait := r.cfg.WaitBefore
+		if !r.syncedAt.IsZero() {
+			// Timed from the sync instant, as on the other side: the
+			// time spent answering or reading /start is part of it.
+			wait = time.Until(r.syncedAt.Add(r.cfg.WaitBefore))
+		}
+		if sig := r.sleep(wait); sig != nil {
 			return r.interrupt(sig)
 		}
 		if err := r.startCommand(); err != nil {
