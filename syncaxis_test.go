@@ -5,12 +5,15 @@ package main
 // started seconds before the client, both with the same SE_TIME_RELATIVE.
 
 import (
+	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -311,4 +314,39 @@ func TestReadmeIperf3Example(t *testing.T) {
 		}
 	}
 	t.Logf("%d runs, all fine", runs)
+}
+
+// TestStartAfterSignalRefused (issue 14 item 7): SIGINT to a server that
+// waits for /start, then 1 ms later a POST /start on a connection opened
+// before: the answer is not 201, the command never runs and statexec
+// exits 130. 50 times.
+func TestStartAfterSignalRefused(t *testing.T) {
+	for i := range 50 {
+		marker := filepath.Join(t.TempDir(), "ran")
+		b := startStatexec(t, []string{"SE_SYNC_LISTEN=127.0.0.1:0", "SE_SUMMARY=0"}, "waitStart", "touch", marker)
+		addr := b.syncAddr(t)
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.cmd.Process.Signal(syscall.SIGINT)
+		time.Sleep(time.Millisecond) // the scenario: /start 1 ms after the signal
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "POST /start HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n\r\n", addr)
+		status, _ := bufio.NewReader(conn).ReadString('\n')
+		conn.Close()
+		b.wait(t, 15*time.Second)
+		if strings.Contains(status, " 201 ") {
+			t.Fatalf("run %d: /start after SIGINT answered %q", i, strings.TrimSpace(status))
+		}
+		if status != "" && !strings.Contains(status, " 503 ") && !strings.Contains(status, " 409 ") {
+			t.Fatalf("run %d: /start after SIGINT answered %q, want 503, 409 or no answer", i, strings.TrimSpace(status))
+		}
+		if _, err := os.Stat(marker); err == nil {
+			t.Fatalf("run %d: the command ran after SIGINT (answer %q)", i, strings.TrimSpace(status))
+		}
+		if b.code != 130 {
+			t.Fatalf("run %d: exit %d, want 130; stderr:\n%s", i, b.code, b.stderr.String())
+		}
+	}
 }

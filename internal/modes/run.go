@@ -70,6 +70,10 @@ type run struct {
 	// before it and in exec mode): the origin of the time axis.
 	syncedAt   time.Time
 	clockStart time.Time // when the sampler's clock started
+	// arrived and settled tell the sync server whether a signal came
+	// before /start (see signalArrived); stopWatch releases them.
+	arrived, settled chan os.Signal
+	stopWatch        func()
 }
 
 // Run runs the invocation and returns statexec's exit code.
@@ -85,6 +89,9 @@ func Run(inv *config.Invocation, o Options) int {
 	defer signal.Stop(r.signals)
 
 	code, err := r.setup()
+	if r.stopWatch != nil {
+		defer r.stopWatch()
+	}
 	if err != nil {
 		r.errorf("%v", err)
 		r.cleanup()

@@ -6,8 +6,13 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/signal"
+	"runtime"
 	"strings"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/statexec/statexec/internal/config"
 	"github.com/statexec/statexec/internal/syncctl"
@@ -81,6 +86,7 @@ func (r *run) listen() error {
 	if r.inv.Mode != config.ModeWaitStart && r.inv.Mode != config.ModeWaitStartAndStop {
 		return nil
 	}
+	r.stopWatch = r.watchSignals()
 	r.srv = syncctl.NewServer(syncctl.ServerOptions{
 		Listen:    r.cfg.Listen,
 		Token:     r.cfg.SyncToken,
@@ -92,15 +98,56 @@ func (r *run) listen() error {
 	return r.srv.Listen()
 }
 
+// settleSignal is a real-time signal statexec sends its own thread to
+// learn whether a signal arrived before a /start (see signalArrived).
+const settleSignal = syscall.Signal(40)
+
+// watchSignals makes signalArrived work; stop releases it.
+func (r *run) watchSignals() (stop func()) {
+	r.arrived = make(chan os.Signal, 1)
+	r.settled = make(chan os.Signal, 1)
+	signal.Notify(r.arrived, forwarded...)
+	signal.Notify(r.settled, settleSignal)
+	return func() { signal.Stop(r.arrived); signal.Stop(r.settled) }
+}
+
+// signalArrived reports whether one of the forwarded signals reached
+// statexec before now. The Go runtime takes a signal at once but hands
+// it to the channels a little later, from another goroutine, so a
+// /start right after a signal could otherwise beat it. The kernel
+// delivers a signal pending for the process, together with one sent to
+// the calling thread, before that thread goes on, and the runtime hands
+// out pending signals lowest number first: once settleSignal (above every
+// forwarded one) is out, every earlier signal is in r.arrived.
+func (r *run) signalArrived() bool {
+	select {
+	case <-r.settled:
+	default:
+	}
+	runtime.LockOSThread()
+	err := unix.Tgkill(unix.Getpid(), unix.Gettid(), settleSignal)
+	runtime.UnlockOSThread()
+	if err == nil {
+		t := time.NewTimer(time.Second)
+		select {
+		case <-r.settled:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	return len(r.arrived) > 0
+}
+
 // onStart is the sync server's Start callback: /start came. It is the
 // sync instant; without a wait before the command, the command starts
 // now (so that a failure to start answers 500).
 func (r *run) onStart() error {
-	// A signal already caught ends the run: refuse rather than start.
-	if len(r.signals) > 0 {
+	at := time.Now()
+	// A signal that came first ends the run: refuse rather than start.
+	if r.signalArrived() {
 		return syncctl.ErrEnding
 	}
-	r.syncAt(time.Now())
+	r.syncAt(at)
 	if r.cfg.WaitBefore > 0 {
 		return nil
 	}
