@@ -300,7 +300,7 @@ func (r *run) startCommand() error {
 	r.child = c
 	r.status.Set(statusRunning)
 	r.probe.CommandStarted(c.pid)
-	r.smp.Sample()
+	r.smp.SampleAt(c.started)
 	return nil
 }
 

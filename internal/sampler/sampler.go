@@ -56,7 +56,12 @@ func (c Clock) Rebased(at time.Time) (Clock, int64) {
 func (c Clock) OriginMs() int64 { return c.originMs }
 
 // NowMs is the current timestamp in milliseconds, as ExactMs makes it.
-func (c Clock) NowMs() int64 { return ExactMs(c.originMs + time.Since(c.start).Milliseconds()) }
+func (c Clock) NowMs() int64 { return c.MsAt(time.Now()) }
+
+// MsAt is the timestamp of instant t in milliseconds, as ExactMs makes it.
+func (c Clock) MsAt(t time.Time) int64 {
+	return ExactMs(c.originMs + t.Sub(c.start).Milliseconds())
+}
 
 // ExactMs returns the first millisecond at or after ms that survives the
 // trip through a file in seconds. OpenMetrics files carry ms/1000 as a
@@ -124,10 +129,19 @@ func New(g prometheus.Gatherer, st *store.Store, clock Clock, duration prometheu
 // Sample takes one sample now. Its timestamp is after the previous one's
 // (samples closer than 1 ms wait for the next millisecond), so each
 // series' timestamps strictly increase.
-func (s *Sampler) Sample() {
+func (s *Sampler) Sample() { s.SampleAt(time.Time{}) }
+
+// SampleAt is Sample with the timestamp of instant at (zero: now), for an
+// event that happened a moment ago (the command's start): waiting for a
+// gather in progress must not move it. The values are gathered now; a
+// timestamp not after the previous sample's becomes the next millisecond.
+func (s *Sampler) SampleAt(at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ts := s.clock.NowMs()
+	if !at.IsZero() {
+		ts = max(s.clock.MsAt(at), s.lastTs+1)
+	}
 	for i := 0; ts <= s.lastTs && i < 5; i++ {
 		time.Sleep(time.Millisecond)
 		ts = s.clock.NowMs()
