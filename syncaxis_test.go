@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -347,6 +348,47 @@ func TestStartAfterSignalRefused(t *testing.T) {
 		}
 		if b.code != 130 {
 			t.Fatalf("run %d: exit %d, want 130; stderr:\n%s", i, b.code, b.stderr.String())
+		}
+	}
+}
+
+// TestKilledServerRecoversOnTheSyncAxis: a server killed (SIGKILL) after
+// the sync leaves a spool whose recovered file is on the sync axis too:
+// its waiting samples before the origin, the command's start at it.
+func TestKilledServerRecoversOnTheSyncAxis(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "m.txt")
+	pidFile := filepath.Join(dir, "child.pid")
+	launched := time.Now()
+	b := startStatexec(t, []string{"SE_METRICS_FILE=" + file, "SE_INTERVAL=100ms", "SE_SYNC_LISTEN=127.0.0.1:0",
+		"SE_TIME_RELATIVE=" + strconv.FormatInt(axisOrigin, 10)},
+		"waitStartAndStop", "sh", "-c", "echo $$ > "+pidFile+"; exec sleep 60")
+	addr := b.syncAddr(t)
+	time.Sleep(time.Second) // the scenario: /start comes 1 s later
+	if code := post(t, "http://"+addr+"/start", ""); code != http.StatusCreated {
+		t.Fatalf("POST /start: %d", code)
+	}
+	waited := time.Since(launched)
+	readPid(t, pidFile)
+	time.Sleep(500 * time.Millisecond) // a few samples after the start
+	b.cmd.Process.Signal(syscall.SIGKILL)
+	<-b.done
+	out := filepath.Join(dir, "recovered.txt")
+	if r := statexec(t, "", nil, "recover", file+".spool", out); r.code != 0 {
+		t.Fatalf("recover: exit %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	f := testenv.ParseFile(t, out)
+	status := f.Series("statexec_command_status", nil)
+	first := axisOrigin - status[0].TimestampMs
+	if first < 900 || first > waited.Milliseconds() {
+		t.Fatalf("first sample at origin - %d ms, want about 1 s before (waited %v)", first, waited)
+	}
+	if d := startedAt(t, f) - axisOrigin; d < 0 || d > 50 {
+		t.Fatalf("command started at origin + %d ms", d)
+	}
+	for _, s := range status {
+		if (s.Value == 0) != (s.TimestampMs < startedAt(t, f)) {
+			t.Fatalf("status %v at origin %+d ms", s.Value, s.TimestampMs-axisOrigin)
 		}
 	}
 }
