@@ -392,3 +392,36 @@ func TestKilledServerRecoversOnTheSyncAxis(t *testing.T) {
 		}
 	}
 }
+
+// TestSmallOriginRefusedInSyncModes: in the wait* and sync* modes an
+// origin below one day would put the waiting samples below 0: exit 2 up
+// front, nothing runs, no file; exec mode still takes any origin.
+func TestSmallOriginRefusedInSyncModes(t *testing.T) {
+	for _, args := range [][]string{
+		{"waitStart", "touch"}, {"waitStartAndStop", "touch"},
+		{"syncStart", "http://" + freePort(t), "touch"}, {"syncStartAndStop", "http://" + freePort(t), "touch"},
+	} {
+		for _, origin := range []string{"0", "86399999"} {
+			marker := filepath.Join(t.TempDir(), "ran")
+			r := statexec(t, "", []string{"SE_TIME_RELATIVE=" + origin, "SE_SYNC_LISTEN=127.0.0.1:0"}, append(args, marker)...)
+			if r.code != 2 || !strings.Contains(r.stderr, "SE_TIME_RELATIVE="+origin+" is too small") {
+				t.Fatalf("%s with origin %s: exit %d, stderr %q", args[0], origin, r.code, r.stderr)
+			}
+			if _, err := os.Stat(marker); err == nil {
+				t.Fatalf("%s: the command ran", args[0])
+			}
+			if _, err := os.Stat(r.file); err == nil {
+				t.Fatalf("%s: a metrics file was written", args[0])
+			}
+		}
+	}
+	// The client also needs room for SE_SYNC_TIMEOUT: 2 days of retries.
+	r := statexec(t, "", []string{"SE_TIME_RELATIVE=" + strconv.Itoa(2*86400000), "SE_SYNC_TIMEOUT=172800"}, "syncStart", "http://"+freePort(t), "true")
+	if r.code != 2 {
+		t.Fatalf("client with a 2-day timeout and a 2-day origin: exit %d, %s", r.code, r.stderr)
+	}
+	// exec mode has no waiting before its origin: 0 is fine.
+	if r := statexec(t, "", []string{"SE_TIME_RELATIVE=0"}, "exec", "true"); r.code != 0 {
+		t.Fatalf("exec with origin 0: exit %d %s", r.code, r.stderr)
+	}
+}
