@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"os/signal"
@@ -46,7 +47,7 @@ func (r *run) checkOrigin() error {
 		// The client gives up after SE_SYNC_TIMEOUT and one last attempt.
 		least = max(least, r.cfg.SyncTimeout+syncctl.DefaultAttemptTimeout+time.Minute)
 	}
-	if time.Duration(r.cfg.TimeRelativeMs)*time.Millisecond < least {
+	if r.cfg.TimeRelativeMs < least.Milliseconds() {
 		return fmt.Errorf("SE_TIME_RELATIVE=%d is too small for %s: its time origin is the sync instant, and the samples taken while waiting for it lie before it, so the origin must be at least %d (%s after the epoch), e.g. 1704067200000",
 			r.cfg.TimeRelativeMs, r.inv.Mode, least.Milliseconds(), least)
 	}
@@ -164,8 +165,9 @@ func (r *run) serveUntilStarted() (int, bool) {
 	}()
 	r.errorf("waiting for POST /start on %s", r.srv.Addr())
 	var tooLate <-chan time.Time
-	if r.cfg.TimeRelativeMs >= 0 {
-		// Waiting longer would put the first samples below 0.
+	// Waiting longer than the origin would put the first samples below 0
+	// (origins past 2262 overflow a Duration: no limit then).
+	if r.cfg.TimeRelativeMs >= 0 && r.cfg.TimeRelativeMs < math.MaxInt64/int64(time.Millisecond) {
 		limit := time.Until(r.clockStart.Add(time.Duration(r.cfg.TimeRelativeMs)*time.Millisecond - time.Second))
 		t := time.NewTimer(max(limit, 0))
 		defer t.Stop()

@@ -5,6 +5,7 @@ package sampler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -171,12 +172,15 @@ func (s *Sampler) Sync(at time.Time) (Clock, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	clock, delta := s.clock.Rebased(at)
-	if err := s.store.Shift(delta); err != nil {
+	err := s.store.Shift(delta)
+	if errors.Is(err, store.ErrShifted) {
 		return s.clock, err
 	}
+	// Applied, even if the spool could not record it (err): the store
+	// reports that write error at the end anyway.
 	s.clock = clock
 	s.lastTs += delta
-	return clock, nil
+	return clock, err
 }
 
 func (s *Sampler) warnOnce(key, msg string) {

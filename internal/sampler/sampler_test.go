@@ -1,9 +1,18 @@
 package sampler
 
 import (
+	"bytes"
+	"errors"
+	"io"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/statexec/statexec/internal/store"
 )
 
 func TestExactMsSurvivesSecondsRoundTrip(t *testing.T) {
@@ -69,5 +78,47 @@ func TestRebasedMovesTheOriginToTheSyncInstant(t *testing.T) {
 	nw, delta := w.Rebased(at)
 	if nw.OriginMs() != at.UnixMilli() || delta < -1 || delta > 1 {
 		t.Fatalf("wall origin rebased to %d (want %d), delta %d", nw.OriginMs(), at.UnixMilli(), delta)
+	}
+}
+
+// TestSyncShiftsEarlierSamples: a sample taken before Sync lies before the
+// origin by the time between it and the sync instant, later samples after
+// it, in the exported file.
+func TestSyncShiftsEarlierSamples(t *testing.T) {
+	st, err := store.Create(filepath.Join(t.TempDir(), "m.txt.spool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Remove()
+	reg := prometheus.NewRegistry()
+	dur := prometheus.NewGauge(prometheus.GaugeOpts{Name: "d", Help: "d"})
+	reg.MustRegister(dur)
+	const origin = 1704067200000
+	s := New(reg, st, NewClock(origin), dur, io.Discard)
+	s.Sample()
+	before := time.Now()
+	time.Sleep(300 * time.Millisecond)
+	at := time.Now()
+	if _, err := s.Sync(at); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Sync(at); !errors.Is(err, store.ErrShifted) {
+		t.Fatalf("second Sync: %v", err)
+	}
+	s.Sample()
+	var buf bytes.Buffer
+	if err := st.Export(&buf, store.Prometheus); err != nil {
+		t.Fatal(err)
+	}
+	var ts []int64
+	for _, l := range strings.Split(buf.String(), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "d" {
+			n, _ := strconv.ParseInt(f[2], 10, 64)
+			ts = append(ts, n)
+		}
+	}
+	gap := at.Sub(before).Milliseconds()
+	if len(ts) != 2 || ts[0] > origin-gap || ts[0] < origin-gap-50 || ts[1] < origin || ts[1] > origin+50 {
+		t.Fatalf("timestamps %v, want one about %d ms before %d and one just after", ts, gap, origin)
 	}
 }

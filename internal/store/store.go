@@ -83,6 +83,9 @@ type Store struct {
 	buf        []byte
 }
 
+// ErrShifted is returned by a second Shift.
+var ErrShifted = errors.New("store: time axis already shifted")
+
 // ErrInUse means another live statexec holds the spool.
 var ErrInUse = errors.New("store: spool in use by another statexec run")
 
@@ -203,9 +206,12 @@ func (s *Store) Append(tsMs int64, mfs []*dto.MetricFamily) error {
 // ticks are stored with their final timestamps. It is recorded in the
 // spool, so that a recovered spool is shifted the same way. Only one
 // shift is allowed per store.
+//
+// ErrShifted means nothing was done (a second shift); any other error is
+// the spool's write error, after the shift was applied.
 func (s *Store) Shift(deltaMs int64) error {
 	if s.shifted {
-		return errors.New("store: time axis already shifted")
+		return ErrShifted
 	}
 	if err := s.setShift(deltaMs, s.ticks); err != nil {
 		return err
