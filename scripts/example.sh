@@ -15,8 +15,10 @@ bin=${STATEXEC:-$PWD/bin/statexec}
 [ -x "$bin" ] || go build -o "$bin" .
 mkdir -p "$out"
 
-# Namespace names unique per run, so parallel runs don't collide.
-tag=$$
+# Namespace and interface names unique per run (pid and a random
+# suffix), so parallel runs don't collide.
+tag=$$$(od -An -N2 -tx2 /dev/urandom | tr -d ' ')
+tag=${tag: -8}
 srv=se-srv-$tag cli=se-cli-$tag
 cleanup() {
     ip netns pids "$srv" 2>/dev/null | xargs -r kill 2>/dev/null || true
@@ -36,7 +38,7 @@ done
 ip -n "$srv" link set "vs$tag" up
 ip -n "$cli" link set "vc$tag" up
 
-# One time origin for both sides, so that their series line up.
+# One time origin for both sides: both take the sync instant as t = origin.
 origin=$(date +%s%3N)
 export SE_TIME_RELATIVE=$origin SE_INTERVAL=${SE_INTERVAL:-500ms}
 
@@ -46,11 +48,11 @@ SE_METRICS_FILE="$out/statexec_metrics_server.txt" SE_INSTANCE=server \
     nsenter --net=/run/netns/"$srv" "$bin" waitStartAndStop iperf3 -s -B 10.77.0.1 &
 server=$!
 
-# The server's iperf3 starts when /start arrives; give it a moment to
-# listen before the client's connects.
-SE_METRICS_FILE="$out/statexec_metrics.txt" SE_INSTANCE=client \
+# The server's iperf3 starts when /start arrives; the client's 2 s wait
+# after the sync gives it time to listen before the client's connects.
+SE_METRICS_FILE="$out/statexec_metrics.txt" SE_INSTANCE=client SE_WAIT_TIME_BEFORE_COMMAND=2 \
     nsenter --net=/run/netns/"$cli" "$bin" syncStartAndStop http://10.77.0.1:8080 \
-    sh -c "sleep 0.5; exec iperf3 -c 10.77.0.1 -t $secs"
+    iperf3 -c 10.77.0.1 -t "$secs"
 client=$?
 wait "$server"
 server_code=$?

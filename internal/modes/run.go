@@ -67,6 +67,14 @@ type run struct {
 	startFailedOnce sync.Once
 	interrupted     os.Signal // a signal ended the run before the command
 	points          int       // samples written
+	// syncedAt is the sync instant of the wait* and sync* modes (zero
+	// before it and in exec mode): the origin of the time axis.
+	syncedAt   time.Time
+	clockStart time.Time // when the sampler's clock started
+	// arrived and settled tell the sync server whether a signal came
+	// before /start (see signalArrived); stopWatch releases them.
+	arrived, settled chan os.Signal
+	stopWatch        func()
 }
 
 // Run runs the invocation and returns statexec's exit code.
@@ -82,6 +90,9 @@ func Run(inv *config.Invocation, o Options) int {
 	defer signal.Stop(r.signals)
 
 	code, err := r.setup()
+	if r.stopWatch != nil {
+		defer r.stopWatch()
+	}
 	if err != nil {
 		r.errorf("%v", err)
 		r.cleanup()
@@ -110,6 +121,9 @@ func (r *run) setup() (int, error) {
 		if err := report.CheckOutput(r.cfg.Report); err != nil {
 			return ExitUsage, err
 		}
+	}
+	if err := r.checkOrigin(); err != nil {
+		return ExitUsage, err
 	}
 	spool := r.cfg.MetricsFile + ".spool"
 	if err := r.recoverStale(spool); err != nil {
@@ -141,6 +155,7 @@ func (r *run) setup() (int, error) {
 		return ExitUsage, err
 	}
 	clock := sampler.NewClock(r.cfg.TimeRelativeMs)
+	r.clockStart = clock.Start()
 	r.hintRetention()
 	r.smp = sampler.New(reg, r.st, clock, duration, r.stderr)
 	return 0, nil
@@ -216,11 +231,31 @@ func (r *run) execute() int {
 
 // phases runs the command and returns the exit code so far.
 func (r *run) phases() int {
-	if sig := r.sleep(r.cfg.WaitBefore); sig != nil {
-		return r.interrupt(sig)
+	if synced(r.inv.Mode) {
+		if code, ok := r.syncPhase(); !ok {
+			return code
+		}
 	}
-	if code, ok := r.startPhase(); !ok {
-		return code
+	// In the wait* and sync* modes the wait before the command follows
+	// the sync, on both sides. A server with no wait has started the
+	// command already, when /start came.
+	if r.child == nil {
+		wait := r.cfg.WaitBefore
+		if !r.syncedAt.IsZero() {
+			// Timed from the sync instant, as on the other side: the
+			// time spent answering or reading /start is part of it.
+			wait = time.Until(r.syncedAt.Add(r.cfg.WaitBefore))
+		}
+		if sig := r.sleep(wait); sig != nil {
+			return r.interrupt(sig)
+		}
+		if err := r.startCommand(); err != nil {
+			code, _ := r.startFailed(err)
+			if r.srv != nil {
+				r.srv.Finished(code)
+			}
+			return code
+		}
 	}
 	code := r.wait()
 	r.status.Set(statusDone)
@@ -271,29 +306,8 @@ func (r *run) startCommand() error {
 	r.child = c
 	r.status.Set(statusRunning)
 	r.probe.CommandStarted(c.pid)
-	r.smp.Sample()
+	r.smp.SampleAt(c.started)
 	return nil
-}
-
-// startPhase starts the command as the mode says; ok is false when it
-// did not start, with the exit code to use.
-func (r *run) startPhase() (int, bool) {
-	switch r.inv.Mode {
-	case config.ModeWaitStart, config.ModeWaitStartAndStop:
-		return r.serveUntilStarted()
-	case config.ModeSyncStart, config.ModeSyncStartAndStop:
-		if err := r.send("start"); err != nil {
-			r.errorf("%v; the command is not run", err)
-			if r.interrupted != nil {
-				return signalCode(r.interrupted), false
-			}
-			return 1, false
-		}
-	}
-	if err := r.startCommand(); err != nil {
-		return r.startFailed(err)
-	}
-	return 0, true
 }
 
 func (r *run) startFailed(err error) (int, bool) {

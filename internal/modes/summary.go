@@ -20,6 +20,9 @@ func (r *run) printSummary(code int, s probe.Summary) {
 	wall := r.child.ended.Sub(r.child.started)
 	line("command exited with code %d after %s; metrics in %s (%d samples, probes: %s)",
 		code, wall.Round(time.Millisecond), r.cfg.MetricsFile, r.points, s.Backend)
+	if !r.syncedAt.IsZero() {
+		line("  synchronised at %s: the time origin", r.syncedAt.UTC().Format(time.RFC3339Nano))
+	}
 	user, sys := s.UserCPU, s.SystemCPU
 	if user == 0 && sys == 0 {
 		user = time.Duration(r.child.rusage.Utime.Nano())

@@ -5,6 +5,7 @@ package sampler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -18,25 +19,50 @@ import (
 	"github.com/statexec/statexec/internal/store"
 )
 
-// Clock maps the monotonic time since the start of the run onto the
-// time axis of the file: timestamp = origin + (now - start). Using the
+// Clock maps the monotonic time since its start instant onto the time
+// axis of the file: timestamp = origin + (now - start). Using the
 // monotonic clock keeps timestamps increasing when the wall clock jumps.
 type Clock struct {
 	start    time.Time
 	originMs int64
+	wall     bool // the origin is the wall-clock time of start
 }
 
 // NewClock starts a clock now. originMs < 0 means the wall-clock time now.
 func NewClock(originMs int64) Clock {
-	start := time.Now()
-	if originMs < 0 {
-		originMs = start.UnixMilli()
-	}
-	return Clock{start: start, originMs: originMs}
+	return newClockAt(time.Now(), originMs)
 }
 
+func newClockAt(start time.Time, originMs int64) Clock {
+	wall := originMs < 0
+	if wall {
+		originMs = start.UnixMilli()
+	}
+	return Clock{start: start, originMs: originMs, wall: wall}
+}
+
+// Rebased is the clock whose origin is at instant at (the sync instant),
+// and how many ms it moves a timestamp of c: the new origin is the same
+// number (or the wall-clock time of at, when the origin is "now").
+func (c Clock) Rebased(at time.Time) (Clock, int64) {
+	origin := c.originMs
+	if c.wall {
+		origin = -1
+	}
+	n := newClockAt(at, origin)
+	return n, n.originMs - (c.originMs + at.Sub(c.start).Milliseconds())
+}
+
+// OriginMs is the timestamp of the clock's start instant.
+func (c Clock) OriginMs() int64 { return c.originMs }
+
 // NowMs is the current timestamp in milliseconds, as ExactMs makes it.
-func (c Clock) NowMs() int64 { return ExactMs(c.originMs + time.Since(c.start).Milliseconds()) }
+func (c Clock) NowMs() int64 { return c.MsAt(time.Now()) }
+
+// MsAt is the timestamp of instant t in milliseconds, as ExactMs makes it.
+func (c Clock) MsAt(t time.Time) int64 {
+	return ExactMs(c.originMs + t.Sub(c.start).Milliseconds())
+}
 
 // ExactMs returns the first millisecond at or after ms that survives the
 // trip through a file in seconds. OpenMetrics files carry ms/1000 as a
@@ -80,7 +106,7 @@ func fastParse(s string) float64 {
 	return f * math.Pow10(e)
 }
 
-// Start is the monotonic start of the run.
+// Start is the instant the clock maps to its origin.
 func (c Clock) Start() time.Time { return c.start }
 
 // Sampler gathers and stores samples. Safe for concurrent use.
@@ -104,10 +130,19 @@ func New(g prometheus.Gatherer, st *store.Store, clock Clock, duration prometheu
 // Sample takes one sample now. Its timestamp is after the previous one's
 // (samples closer than 1 ms wait for the next millisecond), so each
 // series' timestamps strictly increase.
-func (s *Sampler) Sample() {
+func (s *Sampler) Sample() { s.SampleAt(time.Time{}) }
+
+// SampleAt is Sample with the timestamp of instant at (zero: now), for an
+// event that happened a moment ago (the command's start): waiting for a
+// gather in progress must not move it. The values are gathered now; a
+// timestamp not after the previous sample's becomes the next millisecond.
+func (s *Sampler) SampleAt(at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ts := s.clock.NowMs()
+	if !at.IsZero() {
+		ts = max(s.clock.MsAt(at), s.lastTs+1)
+	}
 	for i := 0; ts <= s.lastTs && i < 5; i++ {
 		time.Sleep(time.Millisecond)
 		ts = s.clock.NowMs()
@@ -127,6 +162,25 @@ func (s *Sampler) Sample() {
 		return
 	}
 	s.lastTs = ts
+}
+
+// Sync moves the time origin to the instant at (the sync instant of the
+// wait* and sync* modes): later samples are timed from at, and those
+// already stored move by the same amount, so that they keep their true
+// place before the origin. It returns the clock now in use.
+func (s *Sampler) Sync(at time.Time) (Clock, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clock, delta := s.clock.Rebased(at)
+	err := s.store.Shift(delta)
+	if errors.Is(err, store.ErrShifted) {
+		return s.clock, err
+	}
+	// Applied, even if the spool could not record it (err): the store
+	// reports that write error at the end anyway.
+	s.clock = clock
+	s.lastTs += delta
+	return clock, err
 }
 
 func (s *Sampler) warnOnce(key, msg string) {

@@ -225,7 +225,11 @@ func (s *Store) scanTicks(fn func(ts int64, si int, vals []byte) error) error {
 			continue
 		}
 		ticks++
-		if err := s.forPoints(rec, fn); err != nil {
+		shifted := fn
+		if ticks <= s.shiftTicks {
+			shifted = func(ts int64, si int, vals []byte) error { return fn(ts+s.shiftMs, si, vals) }
+		}
+		if err := s.forPoints(rec, shifted); err != nil {
 			return err
 		}
 	}
@@ -387,7 +391,7 @@ func (d *decoder) float() float64 {
 
 func readMagic(r *bufio.Reader) error {
 	magic := make([]byte, len(spoolMagic))
-	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != spoolMagic {
+	if _, err := io.ReadFull(r, magic); err != nil || (string(magic) != spoolMagic && string(magic) != spoolMagicV1) {
 		return errors.New("store: not a statexec spool")
 	}
 	return nil

@@ -102,6 +102,13 @@ func (s *Store) replay(b []byte) error {
 			s.series[si].points += n
 		}
 		s.ticks++
+	case recShift:
+		delta := d.varint()
+		ticks := d.uvarint()
+		if d.err != nil || ticks > uint64(s.ticks) {
+			return fmt.Errorf("bad shift record")
+		}
+		return s.setShift(delta, int(ticks))
 	default:
 		return fmt.Errorf("unknown record %q", b[0])
 	}

@@ -29,9 +29,18 @@ const (
 	recFamily = 'F'
 	recSeries = 'S'
 	recTick   = 'T'
+	// recShift moves every tick before it on the time axis: the sync
+	// modes learn their time origin (the sync instant) only after the
+	// first samples were spooled.
+	recShift = 'O'
 )
 
-const spoolMagic = "statexec-spool-1\n"
+// spoolMagic starts a spool. Version 2 added recShift; version 1 spools
+// (which have none) are still read.
+const (
+	spoolMagic   = "statexec-spool-2\n"
+	spoolMagicV1 = "statexec-spool-1\n"
+)
 
 // maxRecord bounds a record's size when reading a spool back, so that a
 // corrupt length cannot make Recover allocate without limit.
@@ -65,9 +74,17 @@ type Store struct {
 	series   []*series
 	serIndex map[string]int
 	ticks    int
-	err      error // first write error, sticky
-	buf      []byte
+	// shiftMs is added to the timestamps of the shiftTicks first ticks
+	// (see Shift).
+	shiftMs    int64
+	shiftTicks int
+	shifted    bool
+	err        error // first write error, sticky
+	buf        []byte
 }
+
+// ErrShifted is returned by a second Shift.
+var ErrShifted = errors.New("store: time axis already shifted")
 
 // ErrInUse means another live statexec holds the spool.
 var ErrInUse = errors.New("store: spool in use by another statexec run")
@@ -183,6 +200,40 @@ func (s *Store) Append(tsMs int64, mfs []*dto.MetricFamily) error {
 	s.ticks++
 	s.writeRecord(tick)
 	return s.flush()
+}
+
+// Shift moves every tick stored so far by deltaMs on the time axis; later
+// ticks are stored with their final timestamps. It is recorded in the
+// spool, so that a recovered spool is shifted the same way. Only one
+// shift is allowed per store.
+//
+// ErrShifted means nothing was done (a second shift); any other error is
+// the spool's write error, after the shift was applied.
+func (s *Store) Shift(deltaMs int64) error {
+	if s.shifted {
+		return ErrShifted
+	}
+	if err := s.setShift(deltaMs, s.ticks); err != nil {
+		return err
+	}
+	rec := binary.AppendVarint([]byte{recShift}, deltaMs)
+	rec = binary.AppendUvarint(rec, uint64(s.ticks))
+	s.writeRecord(rec)
+	return s.flush()
+}
+
+// setShift applies a shift of the ticks first ticks to the index.
+func (s *Store) setShift(deltaMs int64, ticks int) error {
+	if ticks != s.ticks || s.shifted {
+		return errors.New("store: bad shift record")
+	}
+	s.shiftMs, s.shiftTicks, s.shifted = deltaMs, ticks, true
+	for _, se := range s.series {
+		if se.hasLast {
+			se.lastTs += deltaMs
+		}
+	}
+	return nil
 }
 
 func (s *Store) familyFor(mf *dto.MetricFamily) (int, error) {

@@ -363,3 +363,69 @@ func FuzzLabelValues(f *testing.F) {
 		}
 	})
 }
+
+// TestShiftMovesEarlierTicksAlsoAfterRecovery: the ticks spooled before a
+// Shift move by its delta, later ones do not, in the live store and in a
+// spool recovered after a kill; a version 1 spool is still read.
+func TestShiftMovesEarlierTicksAlsoAfterRecovery(t *testing.T) {
+	s := newTestStore(t)
+	// Provisional axis: 10000, 10500; the sync instant is at provisional
+	// 10800, which becomes 5000 (delta -5800).
+	s.Append(10000, []*dto.MetricFamily{counterFam("c_total", 1)})
+	s.Append(10500, []*dto.MetricFamily{counterFam("c_total", 2)})
+	if err := s.Shift(-5800); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Shift(1); err == nil {
+		t.Fatal("second shift accepted")
+	}
+	// After the shift the last point is at 4700: a point at 4700 is
+	// refused (timestamps only increase), 5000 is kept.
+	s.Append(4700, []*dto.MetricFamily{counterFam("c_total", 9)})
+	s.Append(5000, []*dto.MetricFamily{counterFam("c_total", 3)})
+	s.Append(5250, []*dto.MetricFamily{counterFam("c_total", 4)})
+	want := "# HELP c_total help of c_total\n# TYPE c_total counter\n" +
+		"c_total 1 4200\nc_total 2 4700\nc_total 3 5000\nc_total 4 5250\n"
+	var buf bytes.Buffer
+	if err := s.Export(&buf, Prometheus); err != nil {
+		t.Fatal(err)
+	}
+	if buf.String() != want {
+		t.Fatalf("live export:\n%s\nwant:\n%s", buf.String(), want)
+	}
+	s.flush()
+	b, _ := os.ReadFile(s.Path())
+	if !strings.HasPrefix(string(b), spoolMagic) {
+		t.Fatalf("spool starts with %q", b[:20])
+	}
+	killed := filepath.Join(t.TempDir(), "killed.spool")
+	os.WriteFile(killed, b, 0o644)
+	r, rec, err := Open(killed)
+	if err != nil || rec.Torn || rec.Ticks != 5 {
+		t.Fatalf("recovered %+v, %v", rec, err)
+	}
+	buf.Reset()
+	if err := r.Export(&buf, Prometheus); err != nil {
+		t.Fatal(err)
+	}
+	if buf.String() != want {
+		t.Fatalf("recovered export:\n%s\nwant:\n%s", buf.String(), want)
+	}
+	// Killed before the shift: the provisional axis, still a valid file.
+	cut := filepath.Join(t.TempDir(), "cut.spool")
+	unshifted := newTestStore(t)
+	unshifted.Append(10000, []*dto.MetricFamily{counterFam("c_total", 1)})
+	unshifted.flush()
+	ub, _ := os.ReadFile(unshifted.Path())
+	// A version 1 spool (same records, old magic) is still read.
+	os.WriteFile(cut, append([]byte(spoolMagicV1), ub[len(spoolMagic):]...), 0o644)
+	r, rec, err = Open(cut)
+	if err != nil || rec.Ticks != 1 {
+		t.Fatalf("version 1 spool: %+v, %v", rec, err)
+	}
+	buf.Reset()
+	r.Export(&buf, Prometheus)
+	if !strings.HasSuffix(buf.String(), "c_total 1 10000\n") {
+		t.Fatalf("version 1 export:\n%s", buf.String())
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -73,13 +74,31 @@ func (e *StatusError) Error() string {
 // A request that was sent but got no answer within opts.AttemptTimeout is not
 // retried (the server may have acted on it). Cancelling ctx stops Send
 // promptly with an error wrapping ctx.Err().
+//
+// Send connects directly: it ignores HTTP_PROXY, HTTPS_PROXY and
+// NO_PROXY, so that the bearer token never goes to a proxy.
 func Send(ctx context.Context, baseURL, action string, opts ClientOptions) error {
+	_, err := send(ctx, baseURL, action, opts)
+	return err
+}
+
+// SendStart is Send(ctx, baseURL, "start", opts) that also returns the
+// sync instant on this machine's monotonic clock: the moment the server
+// accepted /start. It is estimated as the moment the request was sent
+// plus the one-way delay, which is half of the round trip less the time
+// the server took to answer (SyncDelayHeader); without that header, the
+// middle of the round trip.
+func SendStart(ctx context.Context, baseURL string, opts ClientOptions) (time.Time, error) {
+	return send(ctx, baseURL, "start", opts)
+}
+
+func send(ctx context.Context, baseURL, action string, opts ClientOptions) (time.Time, error) {
 	if action != "start" && action != "stop" {
-		return fmt.Errorf("syncctl: unknown action %q: want start or stop", action)
+		return time.Time{}, fmt.Errorf("syncctl: unknown action %q: want start or stop", action)
 	}
 	target, err := actionURL(baseURL, action)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	timeout := opts.Timeout
 	if timeout <= 0 {
@@ -93,7 +112,7 @@ func Send(ctx context.Context, baseURL, action string, opts ClientOptions) error
 
 	dialer := &net.Dialer{Timeout: attemptTimeout}
 	tr := &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
+		Proxy: nil, // never a proxy: it would see the bearer token
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			ctx, cancel := context.WithDeadline(ctx, deadline)
 			defer cancel()
@@ -113,18 +132,18 @@ func Send(ctx context.Context, baseURL, action string, opts ClientOptions) error
 	backoff := minBackoff
 	var lastErr error
 	for attempt := 1; ; attempt++ {
-		done, written, err := post(ctx, client, target, action, opts.Token, attemptTimeout)
+		done, written, synced, err := post(ctx, client, target, action, opts.Token, attemptTimeout)
 		if done {
-			return err
+			return synced, err
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
+			return time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
 		}
 		if !retryable(err, written) {
 			if written {
-				return fmt.Errorf("syncctl: POST %s: request sent but no answer (the server may have acted on it): %w", target, err)
+				return time.Time{}, fmt.Errorf("syncctl: POST %s: request sent but no answer (the server may have acted on it): %w", target, err)
 			}
-			return fmt.Errorf("syncctl: POST %s: %w", target, err)
+			return time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, err)
 		}
 		// An attempt cut short by our own deadline says less than the
 		// previous error (usually "connection refused").
@@ -136,17 +155,17 @@ func Send(ctx context.Context, baseURL, action string, opts ClientOptions) error
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
-			return giveUp()
+			return time.Time{}, giveUp()
 		}
 		t := time.NewTimer(min(backoff, remaining))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
+			return time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
 		case <-t.C:
 		}
 		if !time.Now().Before(deadline) {
-			return giveUp()
+			return time.Time{}, giveUp()
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
@@ -155,21 +174,33 @@ func Send(ctx context.Context, baseURL, action string, opts ClientOptions) error
 // post makes one attempt. done reports that Send must return err (nil on
 // success): the server answered, or the request could not even be built.
 // Otherwise err is a transport error and written tells whether the request
-// had been sent in full.
-func post(ctx context.Context, client *http.Client, target, action, token string, timeout time.Duration) (done, written bool, err error) {
+// had been sent in full. On success, synced is the estimated sync instant.
+func post(ctx context.Context, client *http.Client, target, action, token string, timeout time.Duration) (done, written bool, synced time.Time, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var wrote atomic.Bool
+	var mu sync.Mutex // the trace hooks run on the transport's goroutines
+	var sentAt, answeredAt time.Time
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		WroteRequest: func(info httptrace.WroteRequestInfo) {
 			if info.Err == nil {
+				now := time.Now()
+				mu.Lock()
+				sentAt = now
+				mu.Unlock()
 				wrote.Store(true)
 			}
+		},
+		GotFirstResponseByte: func() {
+			now := time.Now()
+			mu.Lock()
+			answeredAt = now
+			mu.Unlock()
 		},
 	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, http.NoBody)
 	if err != nil {
-		return true, false, fmt.Errorf("syncctl: POST %s: %w", target, err)
+		return true, false, time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, err)
 	}
 	req.Header.Set("User-Agent", "statexec-syncctl")
 	if token != "" {
@@ -180,23 +211,40 @@ func post(ctx context.Context, client *http.Client, target, action, token string
 		if ue, ok := errors.AsType[*url.Error](err); ok {
 			err = ue.Err // drop the `Post "http://...":` prefix; we add our own
 		}
-		return false, wrote.Load(), err
+		return false, wrote.Load(), time.Time{}, err
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxReplyBody))
 	if success(action, resp.StatusCode) {
-		return true, true, nil
+		mu.Lock()
+		defer mu.Unlock()
+		return true, true, syncInstant(sentAt, answeredAt, resp.Header.Get(SyncDelayHeader)), nil
 	}
 	status := resp.Status
 	if status == "" {
 		status = strconv.Itoa(resp.StatusCode)
 	}
-	return true, true, &StatusError{
+	return true, true, time.Time{}, &StatusError{
 		URL:        target,
 		StatusCode: resp.StatusCode,
 		Status:     status,
 		Message:    replyMessage(body),
 	}
+}
+
+// syncInstant estimates when the server accepted the request, on our
+// clock: sent + (round trip - server's delay) / 2, assuming the way there
+// takes as long as the way back.
+func syncInstant(sent, answered time.Time, delayHeader string) time.Time {
+	if sent.IsZero() || answered.Before(sent) {
+		return time.Now()
+	}
+	rtt := answered.Sub(sent)
+	delay, err := strconv.ParseInt(delayHeader, 10, 64)
+	if err != nil || delay < 0 || time.Duration(delay) > rtt {
+		delay = 0
+	}
+	return sent.Add((rtt - time.Duration(delay)) / 2)
 }
 
 func success(action string, code int) bool {

@@ -30,6 +30,16 @@ const (
 	maxBodyBytes   = 1 << 10
 )
 
+// SyncDelayHeader is the header of a 201 that says how long, in
+// nanoseconds, the server took from accepting /start (its sync instant)
+// to answering. The client subtracts it from the round trip to place the
+// sync instant on its own clock (see SendStart).
+const SyncDelayHeader = "Statexec-Sync-Delay-Ns"
+
+// ErrEnding is what a Start callback returns to refuse a /start because
+// the run is ending (a signal came first): the client gets 503.
+var ErrEnding = errors.New("the run is ending")
+
 // ServerOptions configure the server.
 type ServerOptions struct {
 	Listen    string // address:port, default ":8080" (all interfaces); a bare port "9000" means ":9000"
@@ -83,10 +93,13 @@ func (st state) String() string {
 
 // Status is what GET /status returns as JSON.
 type Status struct {
-	State     string `json:"state"` // "waiting", "running", "finished" or "failed"
-	Command   string `json:"command"`
-	StartedAt string `json:"started_at"` // RFC 3339 (nanoseconds, UTC), "" before start
-	ExitCode  *int   `json:"exit_code"`  // null until Finished
+	State   string `json:"state"` // "waiting", "running", "finished" or "failed"
+	Command string `json:"command"`
+	// StartedAt is the sync instant, the moment the server accepted
+	// /start: the origin of the run's time axis. RFC 3339 (nanoseconds,
+	// UTC), "" before start.
+	StartedAt string `json:"started_at"`
+	ExitCode  *int   `json:"exit_code"` // null until Finished
 	Error     string `json:"error,omitempty"`
 }
 
@@ -108,6 +121,7 @@ type Server struct {
 	startedAt time.Time
 	exitCode  *int
 	stopping  bool
+	refusing  bool // Refuse called: /start gets 503
 }
 
 // NewServer returns a server that is not listening yet.
@@ -234,6 +248,19 @@ func (s *Server) Finished(exitCode int) {
 	if s.st != stateFailed {
 		s.st = stateFinished
 	}
+}
+
+// Refuse makes every later /start fail with 503 (the run is ending) and
+// reports whether a /start succeeded before. It waits for a /start in
+// progress, so that after it returns either the start happened or it
+// never will.
+func (s *Server) Refuse() (started bool) {
+	s.startSem <- struct{}{}
+	defer func() { <-s.startSem }()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refusing = true
+	return !s.startedAt.IsZero()
 }
 
 // Status returns what GET /status reports.
@@ -367,8 +394,12 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	defer func() { <-s.startSem }()
 
 	s.mu.Lock()
-	st, startErr, everStarted := s.st, s.startErr, !s.startedAt.IsZero()
+	st, startErr, everStarted, refusing := s.st, s.startErr, !s.startedAt.IsZero(), s.refusing
 	s.mu.Unlock()
+	if refusing && st == stateWaiting {
+		reply(w, http.StatusServiceUnavailable, "not starting: "+ErrEnding.Error())
+		return
+	}
 	switch st {
 	case stateRunning:
 		reply(w, http.StatusConflict, "already started")
@@ -386,7 +417,13 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	}
 
 	at := time.Now()
-	if err := s.callStart(); err != nil {
+	if err := s.callStart(); errors.Is(err, ErrEnding) {
+		s.mu.Lock()
+		s.refusing = true
+		s.mu.Unlock()
+		reply(w, http.StatusServiceUnavailable, "not starting: "+ErrEnding.Error())
+		return
+	} else if err != nil {
 		s.mu.Lock()
 		s.st, s.startErr = stateFailed, err
 		s.mu.Unlock()
@@ -400,6 +437,7 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	close(s.started)
+	w.Header().Set(SyncDelayHeader, strconv.FormatInt(int64(time.Since(at)), 10))
 	reply(w, http.StatusCreated, "started")
 }
 

@@ -17,7 +17,11 @@
 //	GET  /status   200 JSON, see [Status]
 //
 //	(*)   or 500 "start failed: <err>" if the Start callback fails; the state
-//	      becomes "failed" and Start is never called again.
+//	      becomes "failed" and Start is never called again. Or 503 "not
+//	      starting: the run is ending" once Refuse was called or the
+//	      callback returned ErrEnding (a signal came before /start). A
+//	      201 carries the header Statexec-Sync-Delay-Ns: the nanoseconds
+//	      from accepting /start (the sync instant) to the answer.
 //	(**)  "already started (command finished)" - the command ran already.
 //	(***) 202 Accepted: Stop has been called (the signal is sent) but the
 //	      command may still be ending.
