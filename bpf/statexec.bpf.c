@@ -4,8 +4,9 @@
 //
 // Every program counts only tasks (or sockets) of one cgroup v2 directory,
 // the one statexec created for the command. User space reads the per-CPU
-// counters and sums them; nothing here uses atomics or ring buffers, so the
-// cost on the hot paths (sched_switch, every skb) is a few loads and adds.
+// counters and sums them; no ring buffers, so the cost on the hot paths
+// (sched_switch, every skb) is a few loads and adds. Only the network
+// counters use atomic adds (see count_egress).
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -264,14 +265,21 @@ static __always_inline __u64 segs(struct __sk_buff *skb)
 	return n ? n : 1;
 }
 
+//
+// The adds are atomic although the slots are per-CPU: one CPU runs these
+// programs both in process context (sendmsg, socket backlog) and in a
+// softirq that interrupts it (ACK-clocked transmissions, loopback
+// receive). With a plain load-add-store, a softirq's update between the
+// load and the store was lost, up to 64 KiB at a time: sent bytes came
+// out 2-4% short in some runs.
 SEC("cgroup_skb/egress")
 int count_egress(struct __sk_buff *skb)
 {
 	struct tree_counters *c = get_counters();
 
 	if (c) {
-		c->tx_bytes += SKB_U32(skb, len);
-		c->tx_packets += segs(skb);
+		__sync_fetch_and_add(&c->tx_bytes, SKB_U32(skb, len));
+		__sync_fetch_and_add(&c->tx_packets, segs(skb));
 	}
 	return 1; // allow
 }
@@ -282,8 +290,8 @@ int count_ingress(struct __sk_buff *skb)
 	struct tree_counters *c = get_counters();
 
 	if (c) {
-		c->rx_bytes += SKB_U32(skb, len);
-		c->rx_packets += segs(skb);
+		__sync_fetch_and_add(&c->rx_bytes, SKB_U32(skb, len));
+		__sync_fetch_and_add(&c->rx_packets, segs(skb));
 	}
 	return 1; // allow
 }
