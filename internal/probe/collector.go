@@ -20,7 +20,7 @@ const (
 type collector struct {
 	s *Session
 
-	info *prometheus.Desc
+	info, success *prometheus.Desc
 
 	cpu, rss, rssPeak, diskRead, diskWrite, cs *prometheus.Desc
 	processes, threads                         *prometheus.Desc
@@ -37,6 +37,9 @@ func newCollector(s *Session) *collector {
 	c := &collector{
 		s:    s,
 		info: d("statexec_probe_info", "Which probe backend measured the command's process tree (ebpf or plain).", "backend"),
+		// The host collectors emit the same family with their own
+		// collector label: name, help and labels must match theirs.
+		success: d("statexec_collector_success", "Whether the collector's last collection succeeded (1) or failed (0).", "collector"),
 
 		cpu:       d("statexec_process_cpu_seconds_total", "CPU time of the command's process tree, exited processes included, by mode (cgroup cpu.stat or /proc).", "mode"),
 		rss:       d("statexec_process_memory_rss_bytes", "Resident set size summed over the live processes of the command's tree."),
@@ -62,7 +65,7 @@ func newCollector(s *Session) *collector {
 }
 
 func (c *collector) descs() []*prometheus.Desc {
-	all := []*prometheus.Desc{c.info, c.cpu, c.rss, c.rssPeak, c.diskRead, c.diskWrite, c.cs, c.processes, c.threads}
+	all := []*prometheus.Desc{c.info, c.success, c.cpu, c.rss, c.rssPeak, c.diskRead, c.diskWrite, c.cs, c.processes, c.threads}
 	if c.s.bpf != nil {
 		all = append(all, c.netSentBytes, c.netRecvBytes, c.netSentPkts, c.netRecvPkts,
 			c.schedCPU, c.schedCS, c.forks)
@@ -93,6 +96,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 
 	gauge(c.info, 1, c.s.backend)
+	success := 1.0
+	if snap.err != nil {
+		success = 0
+	}
+	gauge(c.success, success, "probe")
 	counter(c.cpu, p.userSec, "user")
 	counter(c.cpu, p.sysSec, "system")
 	gauge(c.rss, float64(p.rss))

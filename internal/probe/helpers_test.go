@@ -392,3 +392,13 @@ func forEachBackend(t *testing.T, f func(t *testing.T, mode Mode, s *Session)) {
 		})
 	}
 }
+
+// samplePlain samples p; a failed collection fails the test.
+func samplePlain(t testing.TB, p *plainSampler) plainTotals {
+	t.Helper()
+	tot, err := p.sample()
+	if err != nil {
+		t.Errorf("plain sample: %v", err)
+	}
+	return tot
+}

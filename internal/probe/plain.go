@@ -2,6 +2,7 @@ package probe
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -123,17 +124,23 @@ func (p *plainSampler) ended() {
 	p.haveFloor = true
 }
 
-// sample reads the tree once and returns the updated totals.
-func (p *plainSampler) sample() plainTotals {
+// sample reads the tree once and returns the updated totals. The error
+// says that a cgroup file could not be read (the totals then keep what
+// the other sources gave); files of processes that exit while they are
+// read are not errors.
+func (p *plainSampler) sample() (plainTotals, error) {
 	if p.root == 0 {
-		return p.out
+		return p.out, nil
 	}
 	p.gen++
 	var pids []int
+	var errs []error
 	if p.cg != nil {
-		if data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.procs")); err == nil {
+		data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.procs"))
+		if err == nil {
 			pids = parsePids(data)
 		}
+		errs = append(errs, err)
 	} else {
 		pids = p.walkTree()
 	}
@@ -185,10 +192,14 @@ func (p *plainSampler) sample() plainTotals {
 		if u, s, ok := p.readCPUStat(filepath.Join(p.cg.path, "cpu.stat")); ok {
 			o.userSec, o.sysSec = max(o.userSec, u), max(o.sysSec, s)
 			cpuStat = true
+		} else {
+			errs = append(errs, errors.New("read cgroup cpu.stat"))
 		}
-		if data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.threads")); err == nil {
+		data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.threads"))
+		if err == nil {
 			threads = uint64(bytes.Count(data, []byte{'\n'}))
 		}
+		errs = append(errs, err)
 	}
 	if !cpuStat {
 		o.userSec = max(o.userSec, float64(total.cpuTicks[0])/userHZ)
@@ -211,7 +222,7 @@ func (p *plainSampler) sample() plainTotals {
 	// A single process's high-water mark is a lower bound of the tree's
 	// peak and catches spikes between two samples.
 	o.rssPeak = max(o.rssPeak, rss, hwm)
-	return *o
+	return *o, errors.Join(errs...)
 }
 
 // bankVanished keeps the last values of processes not seen in this sample.

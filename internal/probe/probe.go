@@ -17,6 +17,7 @@
 // Metrics (every one carries Options.ConstLabels):
 //
 //	statexec_probe_info{backend="ebpf"|"plain"}                  gauge, always 1
+//	statexec_collector_success{collector="probe"}                gauge, 0 when a read failed
 //	statexec_process_cpu_seconds_total{mode="user"|"system"}     cgroup cpu.stat, else /proc
 //	statexec_process_memory_rss_bytes                            sum over live processes
 //	statexec_process_memory_rss_peak_bytes
@@ -110,6 +111,9 @@ type Session struct {
 type snapshot struct {
 	plain plainTotals
 	bpf   statexecTreeCounters
+	// err is why the last collection failed (a BPF map or cgroup file
+	// could not be read), nil when it succeeded.
+	err error
 }
 
 // Start creates the session: the run's cgroup and, unless Mode is plain,
@@ -222,14 +226,20 @@ func (s *Session) sample() snapshot {
 }
 
 func (s *Session) sampleLocked() {
-	s.snap.plain = s.plain.sample()
+	var errs []error
+	var err error
+	s.snap.plain, err = s.plain.sample()
+	errs = append(errs, err)
 	if s.bpf != nil {
 		// A failed read keeps the previous values: counters must
 		// not drop to zero.
-		if c, err := s.bpf.read(); err == nil {
+		c, err := s.bpf.read()
+		if err == nil {
 			s.snap.bpf = c
 		}
+		errs = append(errs, err)
 	}
+	s.snap.err = errors.Join(errs...)
 }
 
 // Collector exposes the per-process metrics.

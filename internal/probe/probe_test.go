@@ -210,15 +210,15 @@ loop:
 		case err = <-done:
 			break loop
 		case <-time.After(20 * time.Millisecond):
-			maxProcs = max(maxProcs, p.sample().procs)
+			maxProcs = max(maxProcs, samplePlain(t, p).procs)
 		}
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	beforeEnd := p.sample()
+	beforeEnd := samplePlain(t, p)
 	p.ended()
-	tot := p.sample()
+	tot := samplePlain(t, p)
 	want := rusageCPU(cmd.ProcessState).Seconds()
 	t.Logf("walk: max procs %d, cpu before end %.3fs, final %.3fs, rusage %.3fs", maxProcs, beforeEnd.userSec+beforeEnd.sysSec, tot.userSec+tot.sysSec, want)
 	if maxProcs < 3 {
@@ -315,4 +315,45 @@ func TestEBPFNetworkEveryRun(t *testing.T) {
 			t.Fatalf("run %d: close: %v", i, err)
 		}
 	}
+}
+
+// TestCollectorSuccess: statexec_collector_success{collector="probe"} is 1
+// while the sources can be read and 0 in the sample where one cannot (the
+// run's cgroup removed under the probe; the BPF counters map closed).
+func TestCollectorSuccess(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, mode Mode, s *Session) {
+		const key = "statexec_collector_success{collector=probe}"
+		if got := metrics(t, s)[key]; got != 1 {
+			t.Fatalf("before the command: %s = %v, want 1", key, got)
+		}
+		cmd := shellCommand(s, "exit 0")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		s.CommandStarted(cmd.Process.Pid)
+		if err := cmd.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		s.CommandEnded()
+		if got := metrics(t, s)[key]; got != 1 {
+			t.Fatalf("after the command: %s = %v, want 1", key, got)
+		}
+		if mode == ModeEBPF {
+			// The map is the only BPF source; a closed map fails
+			// every lookup.
+			if err := s.bpf.objs.Counters.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got := metrics(t, s)[key]; got != 0 {
+				t.Errorf("BPF map closed: %s = %v, want 0", key, got)
+			}
+		}
+		// The command was reaped, so the empty cgroup can go.
+		if err := os.Remove(s.CgroupPath()); err != nil {
+			t.Fatal(err)
+		}
+		if got := metrics(t, s)[key]; got != 0 {
+			t.Errorf("cgroup removed: %s = %v, want 0", key, got)
+		}
+	})
 }
