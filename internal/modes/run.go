@@ -256,7 +256,8 @@ func (r *run) sleep(d time.Duration) os.Signal {
 // startCommand starts the command once. It is the Start callback of the
 // sync server, too.
 func (r *run) startCommand() error {
-	c, err := startChild(r.path, r.inv.Command, [3]*os.File{r.o.Stdin, r.o.Stdout, r.o.Stderr}, r.probe.PrepareCommand)
+	c, err := startChild(r.path, r.inv.Command, [3]*os.File{r.o.Stdin, r.o.Stdout, r.o.Stderr},
+		hooks{prepare: r.probe.PrepareCommand, exiting: r.probe.ProcessExiting})
 	if err != nil {
 		r.childErr = err
 		r.startFailedOnce.Do(func() { close(r.startFailedC) })

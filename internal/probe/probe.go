@@ -203,6 +203,19 @@ func (s *Session) CommandStarted(pid int) {
 	s.plain.started(pid)
 }
 
+// ProcessExiting takes the final counters of pid, a child of statexec
+// (the command, or a descendant reparented to statexec) that exited and is
+// not reaped yet. Reaping removes its /proc files, and nothing else keeps
+// what it (and the children it reaped itself) read and wrote.
+func (s *Session) ProcessExiting(pid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.plain.exiting(pid)
+}
+
 // CommandEnded is called after the root process was reaped. It takes one
 // last sample; the values stay collectable.
 func (s *Session) CommandEnded() {
