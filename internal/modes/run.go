@@ -361,7 +361,10 @@ func (r *run) finish(code int) int {
 	r.points = r.st.Points()
 	writeErr := r.st.WriteFile(r.cfg.MetricsFile, formatOf(r.cfg.Format))
 	summary := r.probe.Summary()
-	r.probe.Close() // kills what is left of the command's tree
+	// Kills what is left of the command's tree and removes its cgroup.
+	if err := r.probe.Close(); err != nil {
+		r.errorf("%v", err)
+	}
 	r.probe = nil
 	if r.child != nil {
 		reapRemaining(200 * time.Millisecond)
@@ -400,7 +403,9 @@ func (r *run) cleanup() {
 		cancel()
 	}
 	if r.probe != nil {
-		r.probe.Close()
+		if err := r.probe.Close(); err != nil {
+			r.errorf("%v", err)
+		}
 	}
 	if r.st != nil {
 		r.st.Remove()

@@ -193,19 +193,50 @@ func (c *cgroup) remove() error {
 	return err
 }
 
+// maxCgroupDepth bounds the sub-cgroups removeCgroupDir descends into.
+const maxCgroupDepth = 32
+
 // removeCgroupDir writes 1 to cgroup.kill (SIGKILL to every task, including
-// ones forked while it runs), waits until the cgroup is empty and removes it.
+// ones forked while it runs, in sub-cgroups too), waits until the cgroup is
+// empty and removes it with the sub-cgroups the command may have made.
 // Every loop is bounded by cgroupDrainTimeout.
 func removeCgroupDir(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	deadline := time.Now().Add(cgroupDrainTimeout)
 	killed := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0) == nil
+	return drainCgroupDir(path, killed, time.Now().Add(cgroupDrainTimeout), 0)
+}
+
+// removeSubCgroups removes the sub-directories of a cgroup (rmdir of a
+// cgroup fails with EBUSY while it has children).
+func removeSubCgroups(path string, killed bool, deadline time.Time, depth int) error {
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		if depth >= maxCgroupDepth {
+			return fmt.Errorf("remove %s: sub-cgroups deeper than %d", path, maxCgroupDepth)
+		}
+		if err := drainCgroupDir(filepath.Join(path, e.Name()), killed, deadline, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func drainCgroupDir(path string, killed bool, deadline time.Time, depth int) error {
 	wait := cgroupPollMin
 	for {
 		pids, err := readPids(filepath.Join(path, "cgroup.procs"))
 		if err == nil && len(pids) == 0 {
+			if err := removeSubCgroups(path, killed, deadline, depth); err != nil {
+				return err
+			}
 			// Zombies are not listed and do not keep the cgroup
 			// populated; rmdir can still race with exiting tasks.
 			err = syscall.Rmdir(path)

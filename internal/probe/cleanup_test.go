@@ -149,3 +149,39 @@ func TestKernelAtLeast(t *testing.T) {
 		}
 	}
 }
+
+// TestCleanupSubCgroups: a command that made a sub-cgroup of its own and
+// moved a process into it is still killed and removed by Close (rmdir of
+// a cgroup with children fails with EBUSY).
+func TestCleanupSubCgroups(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, mode Mode, s *Session) {
+		path := s.CgroupPath()
+		sub := filepath.Join(path, "sub", "deeper")
+		cmd := shellCommand(s, `mkdir -p "$SUB" && sh -c 'echo $$ > "$SUB/cgroup.procs" && exec sleep 1000' & wait`)
+		cmd.Env = append(os.Environ(), "SUB="+sub)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		s.CommandStarted(cmd.Process.Pid)
+		var pids []int
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && len(pids) == 0; time.Sleep(5 * time.Millisecond) {
+			pids, _ = readPids(filepath.Join(sub, "cgroup.procs"))
+		}
+		if len(pids) == 0 {
+			t.Fatal("no process in the sub-cgroup")
+		}
+		start := time.Now()
+		err := s.Close()
+		_ = cmd.Wait()
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		t.Logf("Close took %v", time.Since(start))
+		cgroupGone(t, path)
+		for _, pid := range pids {
+			if procRunning(pid) {
+				t.Errorf("pid %d in the sub-cgroup still runs after Close", pid)
+			}
+		}
+	})
+}

@@ -313,8 +313,9 @@ func histQuantile(h *[histSlots]uint64, q float64) time.Duration {
 	return time.Duration(uint64(1) << histSlots)
 }
 
-// Close kills what is left in the cgroup, removes it, and detaches BPF.
-// The last sample stays collectable. Idempotent.
+// Close kills what is left in the cgroup, removes it (with any
+// sub-cgroups the command made), and detaches BPF. The last sample stays
+// collectable. Idempotent. The error is one line.
 func (s *Session) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -336,6 +337,12 @@ func (s *Session) Close() error {
 			errs = append(errs, fmt.Errorf("probe: remove cgroup: %w", err))
 		}
 	}
-	s.closeErr = errors.Join(errs...)
+	// One line: statexec prints it as is.
+	switch len(errs) {
+	case 1:
+		s.closeErr = errs[0]
+	case 2:
+		s.closeErr = fmt.Errorf("%w; %w", errs[0], errs[1])
+	}
 	return s.closeErr
 }
