@@ -74,6 +74,21 @@ func runHelper(mode string) error {
 			return os.WriteFile(f, []byte(threadsSchedstat()), 0o644)
 		}
 		return nil
+	case "hold":
+		// A run that lives until its stdin closes: it writes its
+		// cgroup path (and pid, as seen in its PID namespace) to
+		// HELPER_FILE once the cgroup exists.
+		s, err := Start(Options{Mode: ModePlain})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		ready := fmt.Sprintf("%s %d\n", s.CgroupPath(), os.Getpid())
+		if err := os.WriteFile(os.Getenv("HELPER_FILE"), []byte(ready), 0o644); err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		return s.Close()
 	case "mem":
 		buf := make([]byte, envInt("HELPER_MB", 100)<<20)
 		for i := 0; i < len(buf); i += os.Getpagesize() {
