@@ -74,6 +74,8 @@ func runHelper(mode string) error {
 			return os.WriteFile(f, []byte(threadsSchedstat()), 0o644)
 		}
 		return nil
+	case "steps":
+		return stepsHelper(envInt("HELPER_STEPS", 4), os.Getenv("HELPER_FILE"))
 	case "hold":
 		// A run that lives until its stdin closes: it writes its
 		// cgroup path (and pid, as seen in its PID namespace) to
