@@ -43,9 +43,9 @@ func newCollector(s *Session) *collector {
 
 		cpu:       d("statexec_process_cpu_seconds_total", "CPU time of the command's process tree, exited processes included, by mode (cgroup cpu.stat or /proc).", "mode"),
 		rss:       d("statexec_process_memory_rss_bytes", "Resident set size summed over the live processes of the command's tree."),
-		rssPeak:   d("statexec_process_memory_rss_peak_bytes", "Highest resident set size of the command's tree seen so far (sampled sum, or a single process's VmHWM if higher)."),
-		diskRead:  d("statexec_process_disk_read_bytes_total", "Bytes the command's tree caused to be read from storage (/proc/PID/io read_bytes)."),
-		diskWrite: d("statexec_process_disk_write_bytes_total", "Bytes the command's tree caused to be written to storage (/proc/PID/io write_bytes)."),
+		rssPeak:   d("statexec_process_memory_rss_peak_bytes", "Highest resident set size of the command's tree seen so far (sampled sum, a single process's VmHWM, or the command's maxrss when above statexec's own)."),
+		diskRead:  d("statexec_process_disk_read_bytes_total", "Bytes the command's tree caused to be read from storage (cgroup io.stat where the io controller is on, else /proc/PID/io read_bytes)."),
+		diskWrite: d("statexec_process_disk_write_bytes_total", "Bytes the command's tree caused to be written to storage (cgroup io.stat where the io controller is on, else /proc/PID/io write_bytes)."),
 		cs:        d("statexec_process_context_switches_total", "Context switches of the command's tree from /proc/PID/status, by kind (voluntary or involuntary).", "kind"),
 		processes: d("statexec_process_processes", "Live processes in the command's tree."),
 		threads:   d("statexec_process_threads", "Live threads in the command's tree."),

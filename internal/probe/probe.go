@@ -11,7 +11,8 @@
 //	reg.MustRegister(s.Collector())
 //	s.PrepareCommand(cmd.SysProcAttr) // puts the child into the cgroup (if any)
 //	cmd.Start(); s.CommandStarted(cmd.Process.Pid)
-//	cmd.Wait();  s.CommandEnded()
+//	waitid(WNOWAIT) → s.ProcessExiting(pid) for each exited child, then reap it
+//	s.CommandEnded() // once the command was reaped
 //	sum := s.Summary()
 //
 // Metrics (every one carries Options.ConstLabels):
@@ -21,8 +22,8 @@
 //	statexec_process_cpu_seconds_total{mode="user"|"system"}     cgroup cpu.stat, else /proc
 //	statexec_process_memory_rss_bytes                            sum over live processes
 //	statexec_process_memory_rss_peak_bytes
-//	statexec_process_disk_read_bytes_total                       /proc/PID/io read_bytes
-//	statexec_process_disk_write_bytes_total                      /proc/PID/io write_bytes
+//	statexec_process_disk_read_bytes_total                       cgroup io.stat, else /proc/PID/io read_bytes
+//	statexec_process_disk_write_bytes_total                      cgroup io.stat, else /proc/PID/io write_bytes
 //	statexec_process_context_switches_total{kind="voluntary"|"involuntary"}  /proc
 //	statexec_process_processes, statexec_process_threads         cgroup.procs/threads, else /proc
 //
