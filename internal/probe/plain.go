@@ -92,6 +92,7 @@ type plainSampler struct {
 	floor       unix.Rusage
 	haveFloor   bool
 	usageBefore unix.Rusage
+	haveBefore  bool
 }
 
 func newPlainSampler(cg *cgroup) *plainSampler {
@@ -150,9 +151,18 @@ func (v procValues) since(before procValues) procValues {
 	}
 }
 
+// beforeStart notes statexec's children's rusage just before the command
+// starts, so that ended can tell the command's share.
+func (p *plainSampler) beforeStart() {
+	_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &p.usageBefore)
+	p.haveBefore = true
+}
+
 func (p *plainSampler) started(pid int) {
 	p.root = pid
-	_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &p.usageBefore)
+	if !p.haveBefore { // PrepareCommand was not used
+		p.beforeStart()
+	}
 }
 
 func (p *plainSampler) ended() {

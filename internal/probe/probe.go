@@ -186,7 +186,15 @@ func (s *Session) CgroupPath() string {
 // PrepareCommand sets attr so that the child starts inside the cgroup
 // (clone3 with CLONE_INTO_CGROUP): every descendant is in it from its
 // first instruction, so nothing escapes the counting.
+//
+// It also notes statexec's children's rusage before the start: the
+// command may be reaped before CommandStarted is called.
 func (s *Session) PrepareCommand(attr *syscall.SysProcAttr) {
+	s.mu.Lock()
+	if !s.closed {
+		s.plain.beforeStart()
+	}
+	s.mu.Unlock()
 	if s.cg == nil || attr == nil {
 		return
 	}
