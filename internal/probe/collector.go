@@ -43,7 +43,7 @@ func newCollector(s *Session) *collector {
 
 		cpu:       d("statexec_process_cpu_seconds_total", "CPU time of the command's process tree, exited processes included, by mode (cgroup cpu.stat or /proc).", "mode"),
 		rss:       d("statexec_process_memory_rss_bytes", "Resident set size summed over the live processes of the command's tree."),
-		rssPeak:   d("statexec_process_memory_rss_peak_bytes", "Highest resident set size of the command's tree seen so far (sampled sum, a single process's VmHWM, or the command's maxrss when above statexec's own)."),
+		rssPeak:   d("statexec_process_memory_rss_peak_bytes", "Highest resident set size of the command's tree seen so far (sampled sum, a single process's VmHWM, its peak at exit with eBPF, or the command's maxrss when above statexec's own)."),
 		diskRead:  d("statexec_process_disk_read_bytes_total", "Bytes the command's tree caused to be read from storage (cgroup io.stat where the io controller is on, else /proc/PID/io read_bytes)."),
 		diskWrite: d("statexec_process_disk_write_bytes_total", "Bytes the command's tree caused to be written to storage (cgroup io.stat where the io controller is on, else /proc/PID/io write_bytes)."),
 		cs:        d("statexec_process_context_switches_total", "Context switches of the command's tree from /proc/PID/status, by kind (voluntary or involuntary).", "kind"),
@@ -104,7 +104,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.cpu, p.userSec, "user")
 	counter(c.cpu, p.sysSec, "system")
 	gauge(c.rss, float64(p.rss))
-	gauge(c.rssPeak, float64(p.rssPeak))
+	gauge(c.rssPeak, float64(snap.rssPeak()))
 	counter(c.diskRead, float64(p.readBytes))
 	counter(c.diskWrite, float64(p.writeBytes))
 	counter(c.cs, float64(p.vcs), "voluntary")

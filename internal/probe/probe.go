@@ -117,6 +117,12 @@ type snapshot struct {
 	err error
 }
 
+// rssPeak is the tree's memory peak: sampled (plain) or a process's peak
+// at its exit (eBPF), whichever is higher.
+func (s *snapshot) rssPeak() uint64 {
+	return max(s.plain.rssPeak, s.bpf.ExitRssPeakBytes)
+}
+
 // Start creates the session: the run's cgroup and, unless Mode is plain,
 // the eBPF probes. In auto mode any eBPF failure prints one notice line and
 // the session continues with the plain backend; in ebpf mode it is returned.
@@ -275,7 +281,7 @@ func (s *Session) Summary() Summary {
 		Backend:       s.backend,
 		UserCPU:       time.Duration(p.userSec * float64(time.Second)),
 		SystemCPU:     time.Duration(p.sysSec * float64(time.Second)),
-		PeakRSSBytes:  p.rssPeak,
+		PeakRSSBytes:  snap.rssPeak(),
 		VoluntaryCS:   p.vcs,
 		InvoluntaryCS: p.ivcs,
 	}

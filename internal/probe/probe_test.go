@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -356,4 +359,51 @@ func TestCollectorSuccess(t *testing.T) {
 			t.Errorf("cgroup removed: %s = %v, want 0", key, got)
 		}
 	})
+}
+
+// TestEBPFPeakRSSAtExit: the exit-time peak equals the process's own
+// VmHWM (read from /proc while it sleeps before exiting), not its
+// maxrss, which includes the pre-exec memory map.
+func TestEBPFPeakRSSAtExit(t *testing.T) {
+	s := startEBPF(t)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"=mem", "HELPER_MB=64", "HELPER_MS=3000")
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	s.PrepareCommand(cmd.SysProcAttr)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.CommandStarted(cmd.Process.Pid)
+	status := filepath.Join("/proc", itoa(cmd.Process.Pid), "status")
+	// VmHWM as late as it can be read: the helper sleeps after touching
+	// its memory, then exits.
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var hwm uint64
+	var rd plainSampler
+	for polling := true; polling; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			polling = false
+		case <-time.After(5 * time.Millisecond):
+			_, _, h := rd.readStatus(status)
+			hwm = max(hwm, h)
+		}
+	}
+	if hwm < 64<<20 {
+		t.Fatalf("helper's VmHWM %d never reached 64 MiB", hwm)
+	}
+	s.CommandEnded()
+	got := s.sample().bpf.ExitRssPeakBytes
+	t.Logf("exit peak %.2f MiB, VmHWM %.2f MiB, maxrss %.2f MiB", float64(got)/(1<<20), float64(hwm)/(1<<20),
+		float64(rusage(cmd.ProcessState).Maxrss)/1024)
+	// RSS counters are read without their per-CPU deltas (32 pages per
+	// counter and CPU).
+	slack := uint64(3 * 32 * os.Getpagesize() * runtime.NumCPU())
+	if got+slack < hwm || got > hwm+slack {
+		t.Errorf("exit peak %d, VmHWM %d (slack %d)", got, hwm, slack)
+	}
 }
