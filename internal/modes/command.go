@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -52,10 +53,23 @@ type child struct {
 	tty        *os.File      // the terminal, when foreground
 	done       chan struct{} // closed when reaped
 	started    time.Time
-	// set before done is closed
+	// exiting is called with the pid of every child of statexec (the
+	// command, and descendants reparented to statexec) that exited and
+	// is not reaped yet: its /proc files still hold its final counters.
+	exiting func(pid int)
+	// Written by the reaping goroutine before done is closed: read them
+	// only after <-done (see result).
 	ended  time.Time
 	status unix.WaitStatus
 	rusage unix.Rusage
+}
+
+// hooks are what the probe needs to know of the command's life.
+type hooks struct {
+	// prepare adjusts the child's attributes before it starts.
+	prepare func(*syscall.SysProcAttr)
+	// exiting sees each exited child before it is reaped.
+	exiting func(pid int)
 }
 
 // startChild starts the command in its own process group (so a signal
@@ -64,8 +78,11 @@ type child struct {
 // The child gets SIGKILL if statexec dies. The goroutine that forks stays
 // locked to its thread until the child is reaped, because the kernel sends
 // the parent-death signal when the forking thread exits.
-func startChild(path string, argv []string, stdio [3]*os.File, prepare func(*syscall.SysProcAttr)) (*child, error) {
-	c := &child{done: make(chan struct{})}
+func startChild(path string, argv []string, stdio [3]*os.File, h hooks) (*child, error) {
+	c := &child{done: make(chan struct{}), exiting: h.exiting}
+	if c.exiting == nil {
+		c.exiting = func(int) {}
+	}
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
@@ -76,7 +93,9 @@ func startChild(path string, argv []string, stdio [3]*os.File, prepare func(*sys
 			c.foreground = true
 			c.tty = stdio[0]
 		}
-		prepare(attr)
+		if h.prepare != nil {
+			h.prepare(attr)
+		}
 		p, err := os.StartProcess(path, argv, &os.ProcAttr{Files: stdio[:], Sys: attr, Env: os.Environ()})
 		if err != nil {
 			started <- err
@@ -101,16 +120,24 @@ func startChild(path string, argv []string, stdio [3]*os.File, prepare func(*sys
 
 // reap waits for the child. statexec is a child subreaper, so orphaned
 // descendants are reparented to it: they are reaped here as they exit.
+// Each exited child is first left a zombie while c.exiting reads its
+// final counters (its /proc/PID/io, for one, disappears with reaping).
 func (c *child) reap() {
 	for {
-		var st unix.WaitStatus
-		var ru unix.Rusage
-		pid, err := unix.Wait4(-1, &st, unix.WUNTRACED, &ru)
+		pid, exited, err := waitNoReap(0)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil { // ECHILD: nothing left to wait for
 			return
+		}
+		if exited {
+			c.exiting(pid)
+		}
+		var st unix.WaitStatus
+		var ru unix.Rusage
+		if _, err := unix.Wait4(pid, &st, unix.WUNTRACED, &ru); err != nil && err != unix.EINTR {
+			continue // reaped meanwhile (reapRemaining); look again
 		}
 		if pid == c.pid && st.Stopped() {
 			c.suspend(st.StopSignal())
@@ -122,6 +149,19 @@ func (c *child) reap() {
 			c.reapOrphans()
 			return
 		}
+	}
+}
+
+// result returns when the command ended and its rusage once it was
+// reaped; ok is false while it runs (a signal can end statexec's run
+// between /start and the wait) or when its status was lost. It reads the
+// fields the reaping goroutine writes only after done is closed.
+func (c *child) result() (ended time.Time, ru unix.Rusage, ok bool) {
+	select {
+	case <-c.done:
+		return c.ended, c.rusage, !c.ended.IsZero()
+	default:
+		return time.Time{}, unix.Rusage{}, false
 	}
 }
 
@@ -167,13 +207,42 @@ func reapRemaining(limit time.Duration) {
 // reapOrphans collects descendants that already exited.
 func (c *child) reapOrphans() {
 	for i := 0; i < 10000; i++ {
-		var st unix.WaitStatus
-		pid, err := unix.Wait4(-1, &st, unix.WNOHANG, nil)
+		pid, exited, err := waitNoReap(unix.WNOHANG)
 		if pid <= 0 || err != nil {
 			return
 		}
+		if exited {
+			c.exiting(pid)
+		}
+		var st unix.WaitStatus
+		_, _ = unix.Wait4(pid, &st, unix.WNOHANG|unix.WUNTRACED, nil)
 	}
 }
+
+// waitNoReap waits (waitid P_ALL with WNOWAIT) for a child that exited or
+// stopped and returns its pid without reaping it; exited tells which.
+// With WNOHANG and nothing to report, pid is 0.
+func waitNoReap(options int) (pid int, exited bool, err error) {
+	var info unix.Siginfo
+	err = unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WSTOPPED|unix.WNOWAIT|options, nil)
+	if err != nil {
+		return 0, false, err
+	}
+	// si_pid is the first field of the union after three ints, aligned
+	// to the pointer size (offset 16 on 64-bit ABIs, 12 on 32-bit ones).
+	off := (3*unsafe.Sizeof(int32(0)) + unsafe.Sizeof(uintptr(0)) - 1) &^ (unsafe.Sizeof(uintptr(0)) - 1)
+	pid = int(*(*int32)(unsafe.Add(unsafe.Pointer(&info), off)))
+	exited = info.Code == cldExited || info.Code == cldKilled || info.Code == cldDumped
+	return pid, exited, nil
+}
+
+// si_code values of SIGCHLD (<asm-generic/siginfo.h>) for a child that
+// ended; the others (trapped, stopped, continued) are not exits.
+const (
+	cldExited = 1
+	cldKilled = 2
+	cldDumped = 3
+)
 
 // signal sends sig to the child's process group, or to the child if the
 // group is gone.

@@ -297,7 +297,8 @@ func (r *run) sleep(d time.Duration) os.Signal {
 // startCommand starts the command once. It is the Start callback of the
 // sync server, too.
 func (r *run) startCommand() error {
-	c, err := startChild(r.path, r.inv.Command, [3]*os.File{r.o.Stdin, r.o.Stdout, r.o.Stderr}, r.probe.PrepareCommand)
+	c, err := startChild(r.path, r.inv.Command, [3]*os.File{r.o.Stdin, r.o.Stdout, r.o.Stderr},
+		hooks{prepare: r.probe.PrepareCommand, exiting: r.probe.ProcessExiting})
 	if err != nil {
 		r.childErr = err
 		r.startFailedOnce.Do(func() { close(r.startFailedC) })
@@ -380,7 +381,10 @@ func (r *run) finish(code int) int {
 	r.points = r.st.Points()
 	writeErr := r.st.WriteFile(r.cfg.MetricsFile, formatOf(r.cfg.Format))
 	summary := r.probe.Summary()
-	r.probe.Close() // kills what is left of the command's tree
+	// Kills what is left of the command's tree and removes its cgroup.
+	if err := r.probe.Close(); err != nil {
+		r.errorf("%v", err)
+	}
 	r.probe = nil
 	if r.child != nil {
 		reapRemaining(200 * time.Millisecond)
@@ -425,7 +429,9 @@ func (r *run) cleanup() {
 		cancel()
 	}
 	if r.probe != nil {
-		r.probe.Close()
+		if err := r.probe.Close(); err != nil {
+			r.errorf("%v", err)
+		}
 	}
 	if r.st != nil {
 		r.st.Remove()

@@ -17,7 +17,11 @@ func (r *run) printSummary(code int, s probe.Summary) {
 		fmt.Fprint(r.stderr, b.String())
 		return
 	}
-	wall := r.child.ended.Sub(r.child.started)
+	ended, ru, reaped := r.child.result()
+	if !reaped {
+		ended = time.Now() // still being ended by Close
+	}
+	wall := ended.Sub(r.child.started)
 	line("command exited with code %d after %s; metrics in %s (%d samples, probes: %s)",
 		code, wall.Round(time.Millisecond), r.cfg.MetricsFile, r.points, s.Backend)
 	if !r.syncedAt.IsZero() {
@@ -25,16 +29,16 @@ func (r *run) printSummary(code int, s probe.Summary) {
 	}
 	user, sys := s.UserCPU, s.SystemCPU
 	if user == 0 && sys == 0 {
-		user = time.Duration(r.child.rusage.Utime.Nano())
-		sys = time.Duration(r.child.rusage.Stime.Nano())
+		user = time.Duration(ru.Utime.Nano())
+		sys = time.Duration(ru.Stime.Nano())
 	}
+	// Not the rusage's maxrss: at exec the kernel folds the old memory
+	// map's peak (statexec's own, shared until exec) into it. The probe
+	// keeps it only when it exceeds statexec's own peak.
 	peak := s.PeakRSSBytes
-	if peak == 0 {
-		peak = uint64(r.child.rusage.Maxrss) * 1024
-	}
 	vcs, ivcs := s.VoluntaryCS, s.InvoluntaryCS
 	if vcs == 0 && ivcs == 0 {
-		vcs, ivcs = uint64(r.child.rusage.Nvcsw), uint64(r.child.rusage.Nivcsw)
+		vcs, ivcs = uint64(ru.Nvcsw), uint64(ru.Nivcsw)
 	}
 	line("  cpu: user %s, system %s; peak rss %s; context switches: %d voluntary, %d involuntary",
 		user.Round(time.Millisecond), sys.Round(time.Millisecond), bytesIEC(peak), vcs, ivcs)

@@ -16,9 +16,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// cgroupPrefix names the directories statexec creates: statexec-<pid>-<random>.
-// The pid lets a later run recognise directories whose owner died (SIGKILL)
-// and remove them.
+// cgroupPrefix names the directories statexec creates: statexec-<pid>-<random>
+// (the pid is for people; liveness is the lock below).
+//
+// A run holds an exclusive flock on its cgroup directory for as long as it
+// lives; the kernel releases it when the process dies, however it dies. A
+// later run removes statexec-* directories whose lock it can take: their
+// owner is dead. Unlike kill(pid, 0), that is not fooled by a reused pid
+// nor by a live run in another PID namespace sharing the parent cgroup.
 const cgroupPrefix = "statexec-"
 
 // Bounds for the cleanup loops: a cgroup.kill is delivered synchronously,
@@ -159,6 +164,12 @@ func createCgroup() (*cgroup, error) {
 			continue
 		}
 		cg, err := openCgroup(path)
+		if err == nil {
+			err = cg.lock()
+			if err != nil {
+				_ = cg.dir.Close()
+			}
+		}
 		if err != nil {
 			_ = os.Remove(path)
 			return nil, err
@@ -166,6 +177,21 @@ func createCgroup() (*cgroup, error) {
 		return cg, nil
 	}
 	return nil, firstErr
+}
+
+// lock takes the run's lock on its directory. Between mkdir and this
+// call another run's CleanStale may have taken the lock of the fresh,
+// unlocked directory and removed it: then the lock fails or the path no
+// longer names the directory, and this run must not use it.
+func (c *cgroup) lock() error {
+	if err := unix.Flock(c.fd(), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return fmt.Errorf("lock %s: %w", c.path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(c.path, &st); err != nil || st.Ino != c.id {
+		return fmt.Errorf("lock %s: removed by a concurrent cleanup", c.path)
+	}
+	return nil
 }
 
 func openCgroup(path string) (*cgroup, error) {
@@ -193,19 +219,50 @@ func (c *cgroup) remove() error {
 	return err
 }
 
+// maxCgroupDepth bounds the sub-cgroups removeCgroupDir descends into.
+const maxCgroupDepth = 32
+
 // removeCgroupDir writes 1 to cgroup.kill (SIGKILL to every task, including
-// ones forked while it runs), waits until the cgroup is empty and removes it.
+// ones forked while it runs, in sub-cgroups too), waits until the cgroup is
+// empty and removes it with the sub-cgroups the command may have made.
 // Every loop is bounded by cgroupDrainTimeout.
 func removeCgroupDir(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	deadline := time.Now().Add(cgroupDrainTimeout)
 	killed := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0) == nil
+	return drainCgroupDir(path, killed, time.Now().Add(cgroupDrainTimeout), 0)
+}
+
+// removeSubCgroups removes the sub-directories of a cgroup (rmdir of a
+// cgroup fails with EBUSY while it has children).
+func removeSubCgroups(path string, killed bool, deadline time.Time, depth int) error {
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		if depth >= maxCgroupDepth {
+			return fmt.Errorf("remove %s: sub-cgroups deeper than %d", path, maxCgroupDepth)
+		}
+		if err := drainCgroupDir(filepath.Join(path, e.Name()), killed, deadline, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func drainCgroupDir(path string, killed bool, deadline time.Time, depth int) error {
 	wait := cgroupPollMin
 	for {
 		pids, err := readPids(filepath.Join(path, "cgroup.procs"))
 		if err == nil && len(pids) == 0 {
+			if err := removeSubCgroups(path, killed, deadline, depth); err != nil {
+				return err
+			}
 			// Zombies are not listed and do not keep the cgroup
 			// populated; rmdir can still race with exiting tasks.
 			err = syscall.Rmdir(path)
@@ -252,9 +309,9 @@ func parsePids(data []byte) []int {
 	return pids
 }
 
-// CleanStale removes statexec-<pid>-* cgroups whose statexec process no
-// longer exists (it was killed with SIGKILL and could not clean up), killing
-// whatever still runs in them. root is the cgroup2 mount; "" finds it. It
+// CleanStale removes statexec-* cgroups whose statexec process no longer
+// exists (it was killed with SIGKILL and could not clean up), killing
+// whatever still runs in them: those whose lock it can take. root is the cgroup2 mount; "" finds it. It
 // looks at the mount's top level and at the current process's own cgroup,
 // the two places Start creates them. Start calls it.
 func CleanStale(root string) error {
@@ -272,11 +329,10 @@ func CleanStale(root string) error {
 			continue
 		}
 		for _, e := range entries {
-			pid, ok := stalePid(e)
-			if !ok || pid == os.Getpid() || processExists(pid) {
+			if !e.IsDir() || !strings.HasPrefix(e.Name(), cgroupPrefix) {
 				continue
 			}
-			if err := removeCgroupDir(filepath.Join(parent, e.Name())); err != nil {
+			if err := removeIfStale(filepath.Join(parent, e.Name())); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -287,23 +343,17 @@ func CleanStale(root string) error {
 	return nil
 }
 
-func stalePid(e os.DirEntry) (int, bool) {
-	if !e.IsDir() {
-		return 0, false
+// removeIfStale removes path if no live run holds its lock. The lock is
+// held while removing, so that the directory's owner cannot be between
+// mkdir and lock (see cgroup.lock).
+func removeIfStale(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil // removed meanwhile, or not ours to open
 	}
-	rest, ok := strings.CutPrefix(e.Name(), cgroupPrefix)
-	if !ok {
-		return 0, false
+	defer unix.Close(fd)
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return nil // a live run holds it (EWOULDBLOCK)
 	}
-	pidStr, _, ok := strings.Cut(rest, "-")
-	if !ok {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(pidStr)
-	return pid, err == nil && pid > 0
-}
-
-func processExists(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	return removeCgroupDir(path)
 }

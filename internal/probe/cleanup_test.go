@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -148,4 +149,131 @@ func TestKernelAtLeast(t *testing.T) {
 			t.Errorf("kernelAtLeast(%q) = %v, want %v", c.release, got, c.want)
 		}
 	}
+}
+
+// TestCleanupSubCgroups: a command that made a sub-cgroup of its own and
+// moved a process into it is still killed and removed by Close (rmdir of
+// a cgroup with children fails with EBUSY).
+func TestCleanupSubCgroups(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, mode Mode, s *Session) {
+		path := s.CgroupPath()
+		sub := filepath.Join(path, "sub", "deeper")
+		cmd := shellCommand(s, `mkdir -p "$SUB" && sh -c 'echo $$ > "$SUB/cgroup.procs" && exec sleep 1000' & wait`)
+		cmd.Env = append(os.Environ(), "SUB="+sub)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		s.CommandStarted(cmd.Process.Pid)
+		var pids []int
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && len(pids) == 0; time.Sleep(5 * time.Millisecond) {
+			pids, _ = readPids(filepath.Join(sub, "cgroup.procs"))
+		}
+		if len(pids) == 0 {
+			t.Fatal("no process in the sub-cgroup")
+		}
+		start := time.Now()
+		err := s.Close()
+		_ = cmd.Wait()
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		t.Logf("Close took %v", time.Since(start))
+		cgroupGone(t, path)
+		for _, pid := range pids {
+			if procRunning(pid) {
+				t.Errorf("pid %d in the sub-cgroup still runs after Close", pid)
+			}
+		}
+	})
+}
+
+// TestCleanStaleReusedPid: a dead run's cgroup whose pid now belongs to an
+// unrelated live process is removed (kill(pid, 0) kept it forever).
+func TestCleanStaleReusedPid(t *testing.T) {
+	requireRoot(t)
+	mount, _ := cgroup2Mount()
+	unrelated := exec.Command("sleep", "1000")
+	if err := unrelated.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unrelated.Process.Kill(); _ = unrelated.Wait() })
+	parent := cgroupParents(mount)[0]
+	stale := filepath.Join(parent, fmt.Sprintf("%s%d-0badc0de", cgroupPrefix, unrelated.Process.Pid))
+	if err := os.Mkdir(stale, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = removeCgroupDir(stale) })
+	if err := CleanStale(""); err != nil {
+		t.Errorf("CleanStale: %v", err)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale cgroup %s of a reused pid survived CleanStale: %v", stale, err)
+	}
+	if !procRunning(unrelated.Process.Pid) {
+		t.Errorf("the unrelated process was killed")
+	}
+}
+
+// TestCleanStaleSparesOtherPidNamespace: a live run in another PID
+// namespace, sharing our parent cgroup, has a pid in its name that means
+// nothing here (chosen free in ours): its cgroup and command must survive
+// our CleanStale (kill(pid, 0) said it was dead and killed it).
+func TestCleanStaleSparesOtherPidNamespace(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Fatal("unshare (util-linux) not installed")
+	}
+	// A pid free in our namespace, which the other run will get in its.
+	nsPid := 0
+	for p := 30000; p > 1000; p-- {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", p)); errors.Is(err, os.ErrNotExist) {
+			nsPid = p
+			break
+		}
+	}
+	if nsPid == 0 {
+		t.Fatal("no free pid")
+	}
+	ready := filepath.Join(t.TempDir(), "ready")
+	// sh is pid 1 there; ns_last_pid makes its next child nsPid. The
+	// trailing ":" keeps sh from exec'ing the helper (which would keep 1).
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+		`echo $((NSPID - 1)) > /proc/sys/kernel/ns_last_pid && "$0"; :`, os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"=hold", "HELPER_FILE="+ready, "NSPID="+itoa(nsPid))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var data []byte
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && len(data) == 0; time.Sleep(5 * time.Millisecond) {
+		data, _ = os.ReadFile(ready)
+	}
+	var path string
+	var pid int
+	if _, err := fmt.Sscan(string(data), &path, &pid); err != nil {
+		t.Fatalf("helper did not report its cgroup: %q", data)
+	}
+	if pid != nsPid {
+		t.Fatalf("helper has pid %d in its namespace, want %d", pid, nsPid)
+	}
+	if !strings.Contains(filepath.Base(path), fmt.Sprintf("%s%d-", cgroupPrefix, nsPid)) {
+		t.Fatalf("helper's cgroup %s does not carry its namespace pid %d", path, nsPid)
+	}
+	if err := CleanStale(""); err != nil {
+		t.Errorf("CleanStale: %v", err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("CleanStale removed the live run's cgroup in another PID namespace: %v", err)
+	}
+	// The run ends normally and removes its own cgroup.
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("helper run: %v", err)
+	}
+	cgroupGone(t, path)
 }

@@ -20,7 +20,7 @@ const (
 type collector struct {
 	s *Session
 
-	info *prometheus.Desc
+	info, success *prometheus.Desc
 
 	cpu, rss, rssPeak, diskRead, diskWrite, cs *prometheus.Desc
 	processes, threads                         *prometheus.Desc
@@ -37,12 +37,15 @@ func newCollector(s *Session) *collector {
 	c := &collector{
 		s:    s,
 		info: d("statexec_probe_info", "Which probe backend measured the command's process tree (ebpf or plain).", "backend"),
+		// The host collectors emit the same family with their own
+		// collector label: name, help and labels must match theirs.
+		success: d("statexec_collector_success", "Whether the collector's last collection succeeded (1) or failed (0).", "collector"),
 
 		cpu:       d("statexec_process_cpu_seconds_total", "CPU time of the command's process tree, exited processes included, by mode (cgroup cpu.stat or /proc).", "mode"),
 		rss:       d("statexec_process_memory_rss_bytes", "Resident set size summed over the live processes of the command's tree."),
-		rssPeak:   d("statexec_process_memory_rss_peak_bytes", "Highest resident set size of the command's tree seen so far (sampled sum, or a single process's VmHWM if higher)."),
-		diskRead:  d("statexec_process_disk_read_bytes_total", "Bytes the command's tree caused to be read from storage (/proc/PID/io read_bytes)."),
-		diskWrite: d("statexec_process_disk_write_bytes_total", "Bytes the command's tree caused to be written to storage (/proc/PID/io write_bytes)."),
+		rssPeak:   d("statexec_process_memory_rss_peak_bytes", "Highest resident set size of the command's tree seen so far (sampled sum, a single process's VmHWM, its peak at exit with eBPF, or the command's maxrss when above statexec's own)."),
+		diskRead:  d("statexec_process_disk_read_bytes_total", "Bytes the command's tree caused to be read from storage (cgroup io.stat where the io controller is on, else /proc/PID/io read_bytes)."),
+		diskWrite: d("statexec_process_disk_write_bytes_total", "Bytes the command's tree caused to be written to storage (cgroup io.stat where the io controller is on, else /proc/PID/io write_bytes)."),
 		cs:        d("statexec_process_context_switches_total", "Context switches of the command's tree from /proc/PID/status, by kind (voluntary or involuntary).", "kind"),
 		processes: d("statexec_process_processes", "Live processes in the command's tree."),
 		threads:   d("statexec_process_threads", "Live threads in the command's tree."),
@@ -62,7 +65,7 @@ func newCollector(s *Session) *collector {
 }
 
 func (c *collector) descs() []*prometheus.Desc {
-	all := []*prometheus.Desc{c.info, c.cpu, c.rss, c.rssPeak, c.diskRead, c.diskWrite, c.cs, c.processes, c.threads}
+	all := []*prometheus.Desc{c.info, c.success, c.cpu, c.rss, c.rssPeak, c.diskRead, c.diskWrite, c.cs, c.processes, c.threads}
 	if c.s.bpf != nil {
 		all = append(all, c.netSentBytes, c.netRecvBytes, c.netSentPkts, c.netRecvPkts,
 			c.schedCPU, c.schedCS, c.forks)
@@ -93,10 +96,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 
 	gauge(c.info, 1, c.s.backend)
+	success := 1.0
+	if snap.err != nil {
+		success = 0
+	}
+	gauge(c.success, success, "probe")
 	counter(c.cpu, p.userSec, "user")
 	counter(c.cpu, p.sysSec, "system")
 	gauge(c.rss, float64(p.rss))
-	gauge(c.rssPeak, float64(p.rssPeak))
+	gauge(c.rssPeak, float64(snap.rssPeak()))
 	counter(c.diskRead, float64(p.readBytes))
 	counter(c.diskWrite, float64(p.writeBytes))
 	counter(c.cs, float64(p.vcs), "voluntary")

@@ -66,6 +66,13 @@ func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
 		"have_sched_info":      layout.HaveSchedInfo,
 		"off_run_delay":        layout.RunDelay,
 		"off_pcount":           layout.Pcount,
+		"have_mm_peak":         layout.HaveMmPeak,
+		"off_mm":               layout.Mm,
+		"off_hiwater_rss":      layout.HiwaterRss,
+		"off_rss_stat":         layout.RssStat,
+		"off_pcpu_count":       layout.PcpuCount,
+		"size_pcpu":            layout.PcpuSize,
+		"page_size":            uint64(os.Getpagesize()),
 	} {
 		v, ok := spec.Variables[name]
 		if !ok {
@@ -96,6 +103,7 @@ func loadBPF(cg *cgroup) (_ *bpfProbes, err error) {
 	}{
 		{b.objs.OnSchedSwitch, "sched_switch"},
 		{b.objs.OnSchedProcessFork, "sched_process_fork"},
+		{b.objs.OnSchedProcessExit, "sched_process_exit"},
 	} {
 		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: t.name, Program: t.prog})
 		if err != nil {
@@ -137,6 +145,7 @@ func (b *bpfProbes) read() (statexecTreeCounters, error) {
 		sum.RunqWaitNs += c.RunqWaitNs
 		sum.RunqWaits += c.RunqWaits
 		sum.TasksCreated += c.TasksCreated
+		sum.ExitRssPeakBytes = max(sum.ExitRssPeakBytes, c.ExitRssPeakBytes)
 		for j := range c.RunqHist {
 			sum.RunqHist[j] += c.RunqHist[j]
 		}

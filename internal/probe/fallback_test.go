@@ -49,6 +49,16 @@ func TestFallbackWithoutPrivileges(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// Under go test -cover the child as nobody cannot write the coverage
+	// directory go test made and would say so on stderr: it gets one of
+	// its own (not merged; the root children's coverage still is).
+	coverDir := filepath.Join(dir, "cover")
+	if err := os.Mkdir(coverDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(coverDir, 0o777); err != nil { // umask
+		t.Fatal(err)
+	}
 	bin := filepath.Join(dir, "probe.test")
 	if err := copyFile(os.Args[0], bin); err != nil {
 		t.Fatal(err)
@@ -72,6 +82,9 @@ func TestFallbackWithoutPrivileges(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			cmd := exec.Command("setpriv", append(c.args, "--", bin)...)
 			cmd.Env = append(os.Environ(), helperEnv+"=fallback")
+			if c.name == "nobody" {
+				cmd.Env = append(cmd.Env, "GOCOVERDIR="+coverDir)
+			}
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			if err := cmd.Run(); err != nil {

@@ -74,6 +74,23 @@ func runHelper(mode string) error {
 			return os.WriteFile(f, []byte(threadsSchedstat()), 0o644)
 		}
 		return nil
+	case "steps":
+		return stepsHelper(envInt("HELPER_STEPS", 4), os.Getenv("HELPER_FILE"))
+	case "hold":
+		// A run that lives until its stdin closes: it writes its
+		// cgroup path (and pid, as seen in its PID namespace) to
+		// HELPER_FILE once the cgroup exists.
+		s, err := Start(Options{Mode: ModePlain})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		ready := fmt.Sprintf("%s %d\n", s.CgroupPath(), os.Getpid())
+		if err := os.WriteFile(os.Getenv("HELPER_FILE"), []byte(ready), 0o644); err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		return s.Close()
 	case "mem":
 		buf := make([]byte, envInt("HELPER_MB", 100)<<20)
 		for i := 0; i < len(buf); i += os.Getpagesize() {
@@ -391,4 +408,14 @@ func forEachBackend(t *testing.T, f func(t *testing.T, mode Mode, s *Session)) {
 			f(t, mode, s)
 		})
 	}
+}
+
+// samplePlain samples p; a failed collection fails the test.
+func samplePlain(t testing.TB, p *plainSampler) plainTotals {
+	t.Helper()
+	tot, err := p.sample()
+	if err != nil {
+		t.Errorf("plain sample: %v", err)
+	}
+	return tot
 }

@@ -39,6 +39,14 @@ type kernelLayout struct {
 	HaveSchedInfo bool
 	RunDelay      uint32 // task_struct.sched_info.run_delay
 	Pcount        uint32 // task_struct.sched_info.pcount
+	// The memory peak at exit needs mm_struct.rss_stat as an array of
+	// percpu_counter (Linux 6.2 on); older layouts go without it.
+	HaveMmPeak bool
+	Mm         uint32 // task_struct.mm
+	HiwaterRss uint32 // mm_struct.hiwater_rss
+	RssStat    uint32 // mm_struct.rss_stat
+	PcpuCount  uint32 // percpu_counter.count
+	PcpuSize   uint32 // sizeof(struct percpu_counter)
 }
 
 const (
@@ -203,7 +211,7 @@ func isModifier(kind uint32) bool {
 
 func (b *rawBTF) layout() (kernelLayout, error) {
 	var l kernelLayout
-	structs := b.findStructs([]string{"task_struct", "sched_entity", "sched_info", "css_set", "cgroup", "kernfs_node"})
+	structs := b.findStructs([]string{"task_struct", "sched_entity", "sched_info", "css_set", "cgroup", "kernfs_node", "mm_struct", "percpu_counter"})
 	for _, n := range []string{"task_struct", "css_set", "cgroup", "kernfs_node"} {
 		if _, ok := structs[n]; !ok {
 			return l, fmt.Errorf("no struct %s", n)
@@ -245,5 +253,44 @@ func (b *rawBTF) layout() (kernelLayout, error) {
 			field(&l.Pcount, "task_struct", "sched_info", "pcount")
 		}
 	}
+	if b.rssStatIsPercpu(structs) {
+		l.HaveMmPeak = true
+		field(&l.Mm, "task_struct", "mm")
+		field(&l.HiwaterRss, "mm_struct", "hiwater_rss")
+		field(&l.RssStat, "mm_struct", "rss_stat")
+		field(&l.PcpuCount, "percpu_counter", "count")
+		_, _, _, l.PcpuSize, _ = b.header(structs["percpu_counter"]) // a struct's size
+	}
 	return l, errors.Join(errs...)
 }
+
+// rssStatIsPercpu reports whether mm_struct.rss_stat is an array of at
+// least mmCounters percpu_counter (the layout since Linux 6.2).
+func (b *rawBTF) rssStatIsPercpu(structs map[string]uint32) bool {
+	mm, ok1 := structs["mm_struct"]
+	pc, ok2 := structs["percpu_counter"]
+	if !ok1 || !ok2 {
+		return false
+	}
+	_, typ, ok := b.member(mm, "rss_stat", 0)
+	if !ok || typ == 0 || typ >= uint32(len(b.offsets)) {
+		return false
+	}
+	kind, _, _, _, off := b.header(typ)
+	if kind != btfKindArray || int(off)+btfTypeLen+12 > len(b.types) {
+		return false
+	}
+	le := binary.LittleEndian
+	elem, n := le.Uint32(b.types[off+btfTypeLen:]), le.Uint32(b.types[off+btfTypeLen+8:])
+	for i := 0; elem != 0 && elem < uint32(len(b.offsets)) && i < maxNesting; i++ {
+		k, _, _, t, _ := b.header(elem)
+		if !isModifier(k) {
+			break
+		}
+		elem = t
+	}
+	return elem == pc && n >= mmCounters
+}
+
+// mmCounters: MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES.
+const mmCounters = 4

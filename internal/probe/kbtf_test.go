@@ -53,7 +53,17 @@ func TestKernelLayout(t *testing.T) {
 		HaveSchedInfo:  true,
 		RunDelay:       offset("task_struct", "sched_info", "run_delay"),
 		Pcount:         offset("task_struct", "sched_info", "pcount"),
+		HaveMmPeak:     true,
+		Mm:             offset("task_struct", "mm"),
+		HiwaterRss:     offset("mm_struct", "hiwater_rss"),
+		RssStat:        offset("mm_struct", "rss_stat"),
+		PcpuCount:      offset("percpu_counter", "count"),
 	}
+	var pc *btf.Struct
+	if err := spec.TypeByName("percpu_counter", &pc); err != nil {
+		t.Fatal(err)
+	}
+	want.PcpuSize = pc.Size
 	if got != want {
 		t.Errorf("layout\n got %+v\nwant %+v", got, want)
 	}

@@ -2,6 +2,7 @@ package probe
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -78,8 +79,12 @@ type plainSampler struct {
 
 	procs  map[procID]*procState
 	banked procValues
-	gen    uint64
-	out    plainTotals // never decreases (counters) / peak
+	// bankedAlone are processes banked with their inherited counters
+	// (no parent in the tree absorbs them): children of statexec, which
+	// exiting may still see with their final values before reaping.
+	bankedAlone map[procID]procValues
+	gen         uint64
+	out         plainTotals // never decreases (counters) / peak
 
 	// floor is the root's rusage as seen by statexec when it reaped it
 	// (RUSAGE_CHILDREN delta): the exact tree total for everything the
@@ -87,19 +92,77 @@ type plainSampler struct {
 	floor       unix.Rusage
 	haveFloor   bool
 	usageBefore unix.Rusage
+	haveBefore  bool
 }
 
 func newPlainSampler(cg *cgroup) *plainSampler {
 	return &plainSampler{
-		cg:       cg,
-		pageSize: uint64(os.Getpagesize()),
-		procs:    make(map[procID]*procState),
+		cg:          cg,
+		pageSize:    uint64(os.Getpagesize()),
+		procs:       make(map[procID]*procState),
+		bankedAlone: make(map[procID]procValues),
 	}
+}
+
+// exiting banks the final counters of pid, an exited child of statexec
+// that is about to be reaped (a zombie: its stat, io and status files are
+// still there, and already include its dead threads and reaped children).
+// statexec reaps it, so no parent in the tree absorbs its counters.
+func (p *plainSampler) exiting(pid int) {
+	st, ok := p.readStat(pid)
+	if !ok {
+		return
+	}
+	v := procValues{cpuTicks: [2]uint64{st.utime + st.cutime, st.stime + st.cstime}}
+	v.readBytes, v.writeBytes = p.readIO(pid)
+	v.vcs, v.ivcs, _ = p.readStatus(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	id := procID{pid, st.start}
+	var before procValues // what is already counted of it
+	if ps := p.procs[id]; ps != nil {
+		// Still listed: count it here, not in bankVanished.
+		before = ps.last
+		p.banked.add(ps.last, true)
+		delete(p.procs, id)
+	} else if b, ok := p.bankedAlone[id]; ok {
+		before = b
+		delete(p.bankedAlone, id)
+	} else {
+		p.banked.add(v, true)
+		return
+	}
+	p.banked.add(v.since(before), true)
+}
+
+// since is the growth of v over an earlier reading (0 where a field
+// did not grow: a zombie's status lists only its main thread's switches).
+func (v procValues) since(before procValues) procValues {
+	d := func(a, b uint64) uint64 {
+		if a > b {
+			return a - b
+		}
+		return 0
+	}
+	return procValues{
+		cpuTicks:   [2]uint64{d(v.cpuTicks[0], before.cpuTicks[0]), d(v.cpuTicks[1], before.cpuTicks[1])},
+		readBytes:  d(v.readBytes, before.readBytes),
+		writeBytes: d(v.writeBytes, before.writeBytes),
+		vcs:        d(v.vcs, before.vcs),
+		ivcs:       d(v.ivcs, before.ivcs),
+	}
+}
+
+// beforeStart notes statexec's children's rusage just before the command
+// starts, so that ended can tell the command's share.
+func (p *plainSampler) beforeStart() {
+	_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &p.usageBefore)
+	p.haveBefore = true
 }
 
 func (p *plainSampler) started(pid int) {
 	p.root = pid
-	_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &p.usageBefore)
+	if !p.haveBefore { // PrepareCommand was not used
+		p.beforeStart()
+	}
 }
 
 func (p *plainSampler) ended() {
@@ -116,24 +179,40 @@ func (p *plainSampler) ended() {
 	}
 	// RUSAGE_CHILDREN's maxrss is the largest reaped child's peak; if it
 	// grew, it is the command's (a lower bound of the tree's peak that
-	// does not depend on sampling while it ran).
-	if after.Maxrss > b.Maxrss {
-		p.out.rssPeak = max(p.out.rssPeak, uint64(after.Maxrss)*1024)
+	// does not depend on sampling while it ran). But at exec the kernel
+	// folds the peak of the old memory map into it, and the command's
+	// was statexec's own until exec (vfork): a value not above
+	// statexec's own peak may be statexec's, and is not used.
+	if peak := uint64(after.Maxrss) * 1024; after.Maxrss > b.Maxrss && peak > p.selfPeak() {
+		p.out.rssPeak = max(p.out.rssPeak, peak)
 	}
 	p.haveFloor = true
 }
 
-// sample reads the tree once and returns the updated totals.
-func (p *plainSampler) sample() plainTotals {
+// selfPeak is statexec's own VmHWM: never less than what the command's
+// exec folded into its maxrss.
+func (p *plainSampler) selfPeak() uint64 {
+	_, _, hwm := p.readStatus("/proc/self/status")
+	return hwm
+}
+
+// sample reads the tree once and returns the updated totals. The error
+// says that a cgroup file could not be read (the totals then keep what
+// the other sources gave); files of processes that exit while they are
+// read are not errors.
+func (p *plainSampler) sample() (plainTotals, error) {
 	if p.root == 0 {
-		return p.out
+		return p.out, nil
 	}
 	p.gen++
 	var pids []int
+	var errs []error
 	if p.cg != nil {
-		if data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.procs")); err == nil {
+		data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.procs"))
+		if err == nil {
 			pids = parsePids(data)
 		}
+		errs = append(errs, err)
 	} else {
 		pids = p.walkTree()
 	}
@@ -185,17 +264,30 @@ func (p *plainSampler) sample() plainTotals {
 		if u, s, ok := p.readCPUStat(filepath.Join(p.cg.path, "cpu.stat")); ok {
 			o.userSec, o.sysSec = max(o.userSec, u), max(o.sysSec, s)
 			cpuStat = true
+		} else {
+			errs = append(errs, errors.New("read cgroup cpu.stat"))
 		}
-		if data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.threads")); err == nil {
+		data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.threads"))
+		if err == nil {
 			threads = uint64(bytes.Count(data, []byte{'\n'}))
 		}
+		errs = append(errs, err)
 	}
 	if !cpuStat {
 		o.userSec = max(o.userSec, float64(total.cpuTicks[0])/userHZ)
 		o.sysSec = max(o.sysSec, float64(total.cpuTicks[1])/userHZ)
 	}
-	o.readBytes = max(o.readBytes, total.readBytes)
-	o.writeBytes = max(o.writeBytes, total.writeBytes)
+	readBytes, writeBytes := total.readBytes, total.writeBytes
+	if p.cg != nil {
+		// With the io controller on (cgroup v2 hosts that delegate
+		// it), the block layer's own per-cgroup count covers every
+		// process that ever ran in the cgroup, reaped or not.
+		if data, err := p.rd.read(filepath.Join(p.cg.path, "io.stat")); err == nil {
+			readBytes, writeBytes = parseIOStat(data)
+		}
+	}
+	o.readBytes = max(o.readBytes, readBytes)
+	o.writeBytes = max(o.writeBytes, writeBytes)
 	o.vcs = max(o.vcs, total.vcs)
 	o.ivcs = max(o.ivcs, total.ivcs)
 	if p.haveFloor {
@@ -211,7 +303,7 @@ func (p *plainSampler) sample() plainTotals {
 	// A single process's high-water mark is a lower bound of the tree's
 	// peak and catches spikes between two samples.
 	o.rssPeak = max(o.rssPeak, rss, hwm)
-	return *o
+	return *o, errors.Join(errs...)
 }
 
 // bankVanished keeps the last values of processes not seen in this sample.
@@ -234,7 +326,11 @@ func (p *plainSampler) bankVanished() {
 	var gone []procID
 	for id, ps := range p.procs {
 		if ps.gen != p.gen {
-			p.banked.add(ps.last, !absorbed(ps, 0))
+			alone := !absorbed(ps, 0)
+			p.banked.add(ps.last, alone)
+			if alone && len(p.bankedAlone) < maxTreeProcs {
+				p.bankedAlone[id] = ps.last
+			}
 			gone = append(gone, id)
 		}
 	}
@@ -395,6 +491,24 @@ func (p *plainSampler) readIO(pid int) (read, write uint64) {
 			read = parseUint(val)
 		case "write_bytes":
 			write = parseUint(val)
+		}
+	}
+	return read, write
+}
+
+// parseIOStat sums rbytes and wbytes over the devices of a cgroup v2
+// io.stat ("8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0" a line).
+func parseIOStat(data []byte) (read, write uint64) {
+	for _, f := range bytes.Fields(data) {
+		key, val, ok := bytes.Cut(f, []byte{'='})
+		if !ok {
+			continue
+		}
+		switch string(key) {
+		case "rbytes":
+			read += parseUint(val)
+		case "wbytes":
+			write += parseUint(val)
 		}
 	}
 	return read, write

@@ -11,17 +11,19 @@
 //	reg.MustRegister(s.Collector())
 //	s.PrepareCommand(cmd.SysProcAttr) // puts the child into the cgroup (if any)
 //	cmd.Start(); s.CommandStarted(cmd.Process.Pid)
-//	cmd.Wait();  s.CommandEnded()
+//	waitid(WNOWAIT) → s.ProcessExiting(pid) for each exited child, then reap it
+//	s.CommandEnded() // once the command was reaped
 //	sum := s.Summary()
 //
 // Metrics (every one carries Options.ConstLabels):
 //
 //	statexec_probe_info{backend="ebpf"|"plain"}                  gauge, always 1
+//	statexec_collector_success{collector="probe"}                gauge, 0 when a read failed
 //	statexec_process_cpu_seconds_total{mode="user"|"system"}     cgroup cpu.stat, else /proc
 //	statexec_process_memory_rss_bytes                            sum over live processes
 //	statexec_process_memory_rss_peak_bytes
-//	statexec_process_disk_read_bytes_total                       /proc/PID/io read_bytes
-//	statexec_process_disk_write_bytes_total                      /proc/PID/io write_bytes
+//	statexec_process_disk_read_bytes_total                       cgroup io.stat, else /proc/PID/io read_bytes
+//	statexec_process_disk_write_bytes_total                      cgroup io.stat, else /proc/PID/io write_bytes
 //	statexec_process_context_switches_total{kind="voluntary"|"involuntary"}  /proc
 //	statexec_process_processes, statexec_process_threads         cgroup.procs/threads, else /proc
 //
@@ -110,6 +112,15 @@ type Session struct {
 type snapshot struct {
 	plain plainTotals
 	bpf   statexecTreeCounters
+	// err is why the last collection failed (a BPF map or cgroup file
+	// could not be read), nil when it succeeded.
+	err error
+}
+
+// rssPeak is the tree's memory peak: sampled (plain) or a process's peak
+// at its exit (eBPF), whichever is higher.
+func (s *snapshot) rssPeak() uint64 {
+	return max(s.plain.rssPeak, s.bpf.ExitRssPeakBytes)
 }
 
 // Start creates the session: the run's cgroup and, unless Mode is plain,
@@ -181,7 +192,15 @@ func (s *Session) CgroupPath() string {
 // PrepareCommand sets attr so that the child starts inside the cgroup
 // (clone3 with CLONE_INTO_CGROUP): every descendant is in it from its
 // first instruction, so nothing escapes the counting.
+//
+// It also notes statexec's children's rusage before the start: the
+// command may be reaped before CommandStarted is called.
 func (s *Session) PrepareCommand(attr *syscall.SysProcAttr) {
+	s.mu.Lock()
+	if !s.closed {
+		s.plain.beforeStart()
+	}
+	s.mu.Unlock()
 	if s.cg == nil || attr == nil {
 		return
 	}
@@ -197,6 +216,19 @@ func (s *Session) CommandStarted(pid int) {
 		return
 	}
 	s.plain.started(pid)
+}
+
+// ProcessExiting takes the final counters of pid, a child of statexec
+// (the command, or a descendant reparented to statexec) that exited and is
+// not reaped yet. Reaping removes its /proc files, and nothing else keeps
+// what it (and the children it reaped itself) read and wrote.
+func (s *Session) ProcessExiting(pid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.plain.exiting(pid)
 }
 
 // CommandEnded is called after the root process was reaped. It takes one
@@ -222,14 +254,20 @@ func (s *Session) sample() snapshot {
 }
 
 func (s *Session) sampleLocked() {
-	s.snap.plain = s.plain.sample()
+	var errs []error
+	var err error
+	s.snap.plain, err = s.plain.sample()
+	errs = append(errs, err)
 	if s.bpf != nil {
 		// A failed read keeps the previous values: counters must
 		// not drop to zero.
-		if c, err := s.bpf.read(); err == nil {
+		c, err := s.bpf.read()
+		if err == nil {
 			s.snap.bpf = c
 		}
+		errs = append(errs, err)
 	}
+	s.snap.err = errors.Join(errs...)
 }
 
 // Collector exposes the per-process metrics.
@@ -243,7 +281,7 @@ func (s *Session) Summary() Summary {
 		Backend:       s.backend,
 		UserCPU:       time.Duration(p.userSec * float64(time.Second)),
 		SystemCPU:     time.Duration(p.sysSec * float64(time.Second)),
-		PeakRSSBytes:  p.rssPeak,
+		PeakRSSBytes:  snap.rssPeak(),
 		VoluntaryCS:   p.vcs,
 		InvoluntaryCS: p.ivcs,
 	}
@@ -290,8 +328,9 @@ func histQuantile(h *[histSlots]uint64, q float64) time.Duration {
 	return time.Duration(uint64(1) << histSlots)
 }
 
-// Close kills what is left in the cgroup, removes it, and detaches BPF.
-// The last sample stays collectable. Idempotent.
+// Close kills what is left in the cgroup, removes it (with any
+// sub-cgroups the command made), and detaches BPF. The last sample stays
+// collectable. Idempotent. The error is one line.
 func (s *Session) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -313,6 +352,12 @@ func (s *Session) Close() error {
 			errs = append(errs, fmt.Errorf("probe: remove cgroup: %w", err))
 		}
 	}
-	s.closeErr = errors.Join(errs...)
+	// One line: statexec prints it as is.
+	switch len(errs) {
+	case 1:
+		s.closeErr = errs[0]
+	case 2:
+		s.closeErr = fmt.Errorf("%w; %w", errs[0], errs[1])
+	}
 	return s.closeErr
 }

@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -210,15 +213,15 @@ loop:
 		case err = <-done:
 			break loop
 		case <-time.After(20 * time.Millisecond):
-			maxProcs = max(maxProcs, p.sample().procs)
+			maxProcs = max(maxProcs, samplePlain(t, p).procs)
 		}
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	beforeEnd := p.sample()
+	beforeEnd := samplePlain(t, p)
 	p.ended()
-	tot := p.sample()
+	tot := samplePlain(t, p)
 	want := rusageCPU(cmd.ProcessState).Seconds()
 	t.Logf("walk: max procs %d, cpu before end %.3fs, final %.3fs, rusage %.3fs", maxProcs, beforeEnd.userSec+beforeEnd.sysSec, tot.userSec+tot.sysSec, want)
 	if maxProcs < 3 {
@@ -285,5 +288,122 @@ func TestEBPFRunqueueWait(t *testing.T) {
 	switches := m["statexec_process_sched_context_switches_total{kind=voluntary}"] + m["statexec_process_sched_context_switches_total{kind=involuntary}"]
 	if math.Abs(count-switches) > 0.02*switches+20 {
 		t.Errorf("run-queue waits %.0f vs switches %.0f", count, switches)
+	}
+}
+
+// TestEBPFNetworkEveryRun repeats a full-rate loopback transfer in which
+// one goroutine sends while another receives, so that the egress program
+// runs both in process context (sendmsg) and in softirq (ACK-clocked
+// transmissions) on the same CPU. Lost updates of non-atomic per-CPU adds
+// showed as 2-4% too few sent bytes in some runs: every run must count
+// at least the payload and at most 6% of headers on top.
+func TestEBPFNetworkEveryRun(t *testing.T) {
+	requireRoot(t)
+	const n = 50_000_000
+	const runs = 20
+	for i := range runs {
+		s := startEBPF(t)
+		runChild(t, s, helperEnv+"=net", "HELPER_BYTES="+itoa(n))
+		m := metrics(t, s)
+		for _, name := range []string{
+			"statexec_process_network_sent_bytes_total",
+			"statexec_process_network_received_bytes_total",
+		} {
+			got := m[name]
+			if got < n || got > 1.06*n {
+				t.Errorf("run %d: %s = %.0f (%.4f x N), want within [%d, %.0f]", i, name, got, got/n, n, 1.06*n)
+			}
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("run %d: close: %v", i, err)
+		}
+	}
+}
+
+// TestCollectorSuccess: statexec_collector_success{collector="probe"} is 1
+// while the sources can be read and 0 in the sample where one cannot (the
+// run's cgroup removed under the probe; the BPF counters map closed).
+func TestCollectorSuccess(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, mode Mode, s *Session) {
+		const key = "statexec_collector_success{collector=probe}"
+		if got := metrics(t, s)[key]; got != 1 {
+			t.Fatalf("before the command: %s = %v, want 1", key, got)
+		}
+		cmd := shellCommand(s, "exit 0")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		s.CommandStarted(cmd.Process.Pid)
+		if err := cmd.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		s.CommandEnded()
+		if got := metrics(t, s)[key]; got != 1 {
+			t.Fatalf("after the command: %s = %v, want 1", key, got)
+		}
+		if mode == ModeEBPF {
+			// The map is the only BPF source; a closed map fails
+			// every lookup.
+			if err := s.bpf.objs.Counters.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got := metrics(t, s)[key]; got != 0 {
+				t.Errorf("BPF map closed: %s = %v, want 0", key, got)
+			}
+		}
+		// The command was reaped, so the empty cgroup can go.
+		if err := os.Remove(s.CgroupPath()); err != nil {
+			t.Fatal(err)
+		}
+		if got := metrics(t, s)[key]; got != 0 {
+			t.Errorf("cgroup removed: %s = %v, want 0", key, got)
+		}
+	})
+}
+
+// TestEBPFPeakRSSAtExit: the exit-time peak equals the process's own
+// VmHWM (read from /proc while it sleeps before exiting), not its
+// maxrss, which includes the pre-exec memory map.
+func TestEBPFPeakRSSAtExit(t *testing.T) {
+	s := startEBPF(t)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"=mem", "HELPER_MB=64", "HELPER_MS=3000")
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	s.PrepareCommand(cmd.SysProcAttr)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.CommandStarted(cmd.Process.Pid)
+	status := filepath.Join("/proc", itoa(cmd.Process.Pid), "status")
+	// VmHWM as late as it can be read: the helper sleeps after touching
+	// its memory, then exits.
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var hwm uint64
+	var rd plainSampler
+	for polling := true; polling; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			polling = false
+		case <-time.After(5 * time.Millisecond):
+			_, _, h := rd.readStatus(status)
+			hwm = max(hwm, h)
+		}
+	}
+	if hwm < 64<<20 {
+		t.Fatalf("helper's VmHWM %d never reached 64 MiB", hwm)
+	}
+	s.CommandEnded()
+	got := s.sample().bpf.ExitRssPeakBytes
+	t.Logf("exit peak %.2f MiB, VmHWM %.2f MiB, maxrss %.2f MiB", float64(got)/(1<<20), float64(hwm)/(1<<20),
+		float64(rusage(cmd.ProcessState).Maxrss)/1024)
+	// RSS counters are read without their per-CPU deltas (32 pages per
+	// counter and CPU).
+	slack := uint64(3 * 32 * os.Getpagesize() * runtime.NumCPU())
+	if got+slack < hwm || got > hwm+slack {
+		t.Errorf("exit peak %d, VmHWM %d (slack %d)", got, hwm, slack)
 	}
 }

@@ -34,6 +34,7 @@ type statexecTreeCounters struct {
 	RunqWaitNs          uint64
 	RunqWaits           uint64
 	TasksCreated        uint64
+	ExitRssPeakBytes    uint64
 	RunqHist            [32]uint64
 }
 
@@ -45,21 +46,29 @@ const (
 	statexecMapTaskStates          = "task_states"
 	statexecProgCountEgress        = "count_egress"
 	statexecProgCountIngress       = "count_ingress"
+	statexecProgOnSchedProcessExit = "on_sched_process_exit"
 	statexecProgOnSchedProcessFork = "on_sched_process_fork"
 	statexecProgOnSchedSwitch      = "on_sched_switch"
+	statexecVarHaveMmPeak          = "have_mm_peak"
 	statexecVarHaveSchedInfo       = "have_sched_info"
 	statexecVarOffCgroups          = "off_cgroups"
 	statexecVarOffDflCgrp          = "off_dfl_cgrp"
+	statexecVarOffHiwaterRss       = "off_hiwater_rss"
 	statexecVarOffKn               = "off_kn"
 	statexecVarOffKnId             = "off_kn_id"
+	statexecVarOffMm               = "off_mm"
 	statexecVarOffNivcsw           = "off_nivcsw"
 	statexecVarOffNvcsw            = "off_nvcsw"
 	statexecVarOffPcount           = "off_pcount"
+	statexecVarOffPcpuCount        = "off_pcpu_count"
 	statexecVarOffPid              = "off_pid"
+	statexecVarOffRssStat          = "off_rss_stat"
 	statexecVarOffRunDelay         = "off_run_delay"
 	statexecVarOffState            = "off_state"
 	statexecVarOffSumExecRuntime   = "off_sum_exec_runtime"
 	statexecVarOffTgid             = "off_tgid"
+	statexecVarPageSize            = "page_size"
+	statexecVarSizePcpu            = "size_pcpu"
 	statexecVarTargetCgid          = "target_cgid"
 )
 
@@ -107,6 +116,7 @@ type statexecSpecs struct {
 type statexecProgramSpecs struct {
 	CountEgress        *ebpf.ProgramSpec `ebpf:"count_egress"`
 	CountIngress       *ebpf.ProgramSpec `ebpf:"count_ingress"`
+	OnSchedProcessExit *ebpf.ProgramSpec `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.ProgramSpec `ebpf:"on_sched_process_fork"`
 	OnSchedSwitch      *ebpf.ProgramSpec `ebpf:"on_sched_switch"`
 }
@@ -123,19 +133,26 @@ type statexecMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type statexecVariableSpecs struct {
+	HaveMmPeak        *ebpf.VariableSpec `ebpf:"have_mm_peak"`
 	HaveSchedInfo     *ebpf.VariableSpec `ebpf:"have_sched_info"`
 	OffCgroups        *ebpf.VariableSpec `ebpf:"off_cgroups"`
 	OffDflCgrp        *ebpf.VariableSpec `ebpf:"off_dfl_cgrp"`
+	OffHiwaterRss     *ebpf.VariableSpec `ebpf:"off_hiwater_rss"`
 	OffKn             *ebpf.VariableSpec `ebpf:"off_kn"`
 	OffKnId           *ebpf.VariableSpec `ebpf:"off_kn_id"`
+	OffMm             *ebpf.VariableSpec `ebpf:"off_mm"`
 	OffNivcsw         *ebpf.VariableSpec `ebpf:"off_nivcsw"`
 	OffNvcsw          *ebpf.VariableSpec `ebpf:"off_nvcsw"`
 	OffPcount         *ebpf.VariableSpec `ebpf:"off_pcount"`
+	OffPcpuCount      *ebpf.VariableSpec `ebpf:"off_pcpu_count"`
 	OffPid            *ebpf.VariableSpec `ebpf:"off_pid"`
+	OffRssStat        *ebpf.VariableSpec `ebpf:"off_rss_stat"`
 	OffRunDelay       *ebpf.VariableSpec `ebpf:"off_run_delay"`
 	OffState          *ebpf.VariableSpec `ebpf:"off_state"`
 	OffSumExecRuntime *ebpf.VariableSpec `ebpf:"off_sum_exec_runtime"`
 	OffTgid           *ebpf.VariableSpec `ebpf:"off_tgid"`
+	PageSize          *ebpf.VariableSpec `ebpf:"page_size"`
+	SizePcpu          *ebpf.VariableSpec `ebpf:"size_pcpu"`
 	TargetCgid        *ebpf.VariableSpec `ebpf:"target_cgid"`
 }
 
@@ -174,19 +191,26 @@ func (m *statexecMaps) Close() error {
 //
 // It can be passed to loadStatexecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type statexecVariables struct {
+	HaveMmPeak        *ebpf.Variable `ebpf:"have_mm_peak"`
 	HaveSchedInfo     *ebpf.Variable `ebpf:"have_sched_info"`
 	OffCgroups        *ebpf.Variable `ebpf:"off_cgroups"`
 	OffDflCgrp        *ebpf.Variable `ebpf:"off_dfl_cgrp"`
+	OffHiwaterRss     *ebpf.Variable `ebpf:"off_hiwater_rss"`
 	OffKn             *ebpf.Variable `ebpf:"off_kn"`
 	OffKnId           *ebpf.Variable `ebpf:"off_kn_id"`
+	OffMm             *ebpf.Variable `ebpf:"off_mm"`
 	OffNivcsw         *ebpf.Variable `ebpf:"off_nivcsw"`
 	OffNvcsw          *ebpf.Variable `ebpf:"off_nvcsw"`
 	OffPcount         *ebpf.Variable `ebpf:"off_pcount"`
+	OffPcpuCount      *ebpf.Variable `ebpf:"off_pcpu_count"`
 	OffPid            *ebpf.Variable `ebpf:"off_pid"`
+	OffRssStat        *ebpf.Variable `ebpf:"off_rss_stat"`
 	OffRunDelay       *ebpf.Variable `ebpf:"off_run_delay"`
 	OffState          *ebpf.Variable `ebpf:"off_state"`
 	OffSumExecRuntime *ebpf.Variable `ebpf:"off_sum_exec_runtime"`
 	OffTgid           *ebpf.Variable `ebpf:"off_tgid"`
+	PageSize          *ebpf.Variable `ebpf:"page_size"`
+	SizePcpu          *ebpf.Variable `ebpf:"size_pcpu"`
 	TargetCgid        *ebpf.Variable `ebpf:"target_cgid"`
 }
 
@@ -196,6 +220,7 @@ type statexecVariables struct {
 type statexecPrograms struct {
 	CountEgress        *ebpf.Program `ebpf:"count_egress"`
 	CountIngress       *ebpf.Program `ebpf:"count_ingress"`
+	OnSchedProcessExit *ebpf.Program `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.Program `ebpf:"on_sched_process_fork"`
 	OnSchedSwitch      *ebpf.Program `ebpf:"on_sched_switch"`
 }
@@ -204,6 +229,7 @@ func (p *statexecPrograms) Close() error {
 	return _StatexecClose(
 		p.CountEgress,
 		p.CountIngress,
+		p.OnSchedProcessExit,
 		p.OnSchedProcessFork,
 		p.OnSchedSwitch,
 	)
