@@ -23,6 +23,11 @@ import (
 var statexecBin string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(denySubreaperEnv) != "" && len(os.Args) > 1 {
+		err := execDenyingSubreaper(os.Args[1:])
+		fmt.Fprintf(os.Stderr, "exec %s without subreaper: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
 	dir, err := os.MkdirTemp("", "statexec-e2e-")
 	if err != nil {
 		panic(err)
