@@ -168,3 +168,20 @@ func TestCtrlZStopsAndContinues(t *testing.T) {
 	}
 	testenvParse(t, fileOf(cmd.Env))
 }
+
+// TestTerminalTakeBackFailureReported: the command takes the terminal into
+// a session of its own (setsid --ctty, which steals it as root), so
+// statexec cannot take it back when the command ends: statexec says so in
+// one line and keeps the command's exit code.
+func TestTerminalTakeBackFailureReported(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("stealing a terminal needs CAP_SYS_ADMIN")
+	}
+	cmd, _, out, done := startOnTerminal(t, []string{"SE_SUMMARY=0"}, "exec", "setsid", "--ctty", "--wait", "sh", "-c", "exit 4")
+	code := exitCode(t, done, out)
+	const line = "statexec: take the terminal back: inappropriate ioctl for device"
+	if code != 4 || strings.Count(out.String(), "statexec: ") != 1 || !strings.Contains(out.String(), line) {
+		t.Fatalf("exit %d, want 4 and one line %q; terminal:\n%s", code, line, out.String())
+	}
+	testenvParse(t, fileOf(cmd.Env))
+}

@@ -315,7 +315,9 @@ func (r *run) wait() int {
 		select {
 		case <-c.done:
 			if c.foreground {
-				takeTerminalBack(r.o.Stdin)
+				if err := takeTerminalBack(r.o.Stdin); err != nil {
+					r.errorf("%v", err)
+				}
 			}
 			code := c.exitCode()
 			if stopping {
