@@ -34,10 +34,12 @@ declare -A PKG_CMD=(
 	[util-linux]=setpriv
 	[hyperfine]=hyperfine
 	[curl]=curl
+	[gcc]=gcc # go test -race needs cgo
+	[sysstat]=pidstat # make bench compares statexec's per-sample cost with pidstat's
 )
 # Stable order for messages and apt-get.
 PKGS=(clang llvm libbpf-dev bpftool victoria-metrics prometheus iperf3 linux-perf
-	iproute2 libcap2-bin util-linux hyperfine curl)
+	iproute2 libcap2-bin util-linux hyperfine curl gcc sysstat)
 
 APT_WAIT_SECONDS=${APT_WAIT_SECONDS:-1200}
 
