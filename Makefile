@@ -41,11 +41,13 @@ test: deps lint build unit fuzz
 # internal/modes, which has no unit tests). config and store start no
 # goroutine, so -race can find nothing in their tests, while store's long
 # loops take several times longer under it: those two run without it.
+# `make unit RACE=` runs everything without the detector.
+RACE        ?= -race
 NORACE_PKGS := $(addprefix github.com/statexec/statexec/internal/,config store)
 
 unit:
 	$(GO) test -count=1 -timeout 10m $(NORACE_PKGS)
-	$(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -vxF $(addprefix -e ,$(NORACE_PKGS)))
+	$(GO) test $(RACE) -count=1 -timeout 30m $$($(GO) list ./... | grep -vxF $(addprefix -e ,$(NORACE_PKGS)))
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZ_PARSE_EXECS)x -fuzzminimizetime $(FUZZ_MINIMIZE) -timeout 5m ./internal/config
