@@ -63,34 +63,31 @@ func readPid(t *testing.T, path string) int {
 	return pid
 }
 
-// spoolState reads the spool of a running statexec (store.Open does not
-// take its lock) and returns how many ticks it holds and the last value of
-// statexec_command_status, -1 when there is none yet.
-func spoolState(t *testing.T, spool, scratch string) (ticks int, status float64) {
+// lastStatus is the last statexec_command_status in st (an opened spool),
+// -1 if there is none; scratch is a file to export into.
+func lastStatus(t *testing.T, st *store.Store, scratch string) float64 {
 	t.Helper()
-	st, rec, err := store.Open(spool)
-	if err != nil || rec.Ticks == 0 {
-		return 0, -1
-	}
 	if err := st.WriteFile(scratch, store.OpenMetrics); err != nil {
-		t.Fatalf("export the live spool %s: %v", spool, err)
+		t.Fatalf("export the live spool %s: %v", st.Path(), err)
 	}
 	series := testenv.ParseFile(t, scratch).Series("statexec_command_status", nil)
 	if len(series) == 0 {
-		return rec.Ticks, -1
+		return -1
 	}
-	return rec.Ticks, series[len(series)-1].Value
+	return series[len(series)-1].Value
 }
 
 // waitSpool waits until the run writing spool has stored at least ticks
 // samples, the last with statexec_command_status = status: the run is in
-// that phase, with that many samples on disk.
+// that phase, with that many samples on disk. store.Open reads a live
+// spool without taking its lock; the export is skipped until there are
+// enough ticks, to keep the polling light next to the run it watches.
 func waitSpool(t *testing.T, spool string, ticks int, status float64) {
 	t.Helper()
 	scratch := filepath.Join(t.TempDir(), "live.txt")
 	waitFor(t, fmt.Sprintf("%d samples with status %v in %s", ticks, status, spool), 10*time.Second, func() bool {
-		n, s := spoolState(t, spool, scratch)
-		return n >= ticks && s == status
+		st, rec, err := store.Open(spool)
+		return err == nil && rec.Ticks >= ticks && lastStatus(t, st, scratch) == status
 	})
 }
 
