@@ -118,13 +118,15 @@ func TestKilledStatexecLosesAtMostOneInterval(t *testing.T) {
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "child.pid")
 	file := filepath.Join(dir, "m.txt")
-	env := []string{"SE_METRICS_FILE=" + file, "SE_INTERVAL=100ms", "SE_TIME_RELATIVE=1704067200000"}
-	b := startStatexec(t, env, "exec", "sh", "-c", "echo $$ > "+pidFile+"; exec sleep 60")
-	started := time.Now()
+	// Wall-clock timestamps here: the loss is the kill's time minus the
+	// last sample's, on one clock. (With SE_TIME_RELATIVE the origin is
+	// statexec's clock start, later than the test's by statexec's
+	// start-up, which would count as loss.)
+	b := startStatexec(t, []string{"SE_METRICS_FILE=" + file, "SE_INTERVAL=100ms"}, "exec", "sh", "-c", "echo $$ > "+pidFile+"; exec sleep 60")
 	child := readPid(t, pidFile)
 	waitSpool(t, file+".spool", 12, 1)
 	b.cmd.Process.Signal(syscall.SIGKILL)
-	killedAt := time.Since(started)
+	killedMs := time.Now().UnixMilli()
 	<-b.done
 	waitFor(t, "the command to die with statexec", 3*time.Second, func() bool { return processGone(child) })
 
@@ -136,11 +138,11 @@ func TestKilledStatexecLosesAtMostOneInterval(t *testing.T) {
 	}
 	f := checkComplete(t, nil, out)
 	status := f.Series("statexec_command_status", nil)
-	last := status[len(status)-1].TimestampMs - 1704067200000
+	last := status[len(status)-1].TimestampMs
 	// The last sample kept is at most one interval (plus scheduling
 	// slack) before the kill.
-	if lost := killedAt.Milliseconds() - last; lost > 100+150 {
-		t.Fatalf("last sample at %d ms, killed at %d ms: %d ms lost", last, killedAt.Milliseconds(), lost)
+	if lost := killedMs - last; lost > 100+150 {
+		t.Fatalf("last sample at %d ms, killed at %d ms: %d ms lost", last, killedMs, lost)
 	}
 	if len(status) < 10 || status[len(status)-1].Value != 1 {
 		t.Fatalf("%d status samples, last %v", len(status), status[len(status)-1].Value)
@@ -149,7 +151,9 @@ func TestKilledStatexecLosesAtMostOneInterval(t *testing.T) {
 		t.Fatal("recover left the spool")
 	}
 
-	// Killed again: this time the next run recovers the spool itself.
+	// Killed again, with shifted timestamps: this time the next run
+	// recovers the spool itself.
+	env := []string{"SE_METRICS_FILE=" + file, "SE_INTERVAL=100ms", "SE_TIME_RELATIVE=1704067200000"}
 	b = startStatexec(t, env, "exec", "sleep", "60")
 	waitSpool(t, spool, 3, 1)
 	b.cmd.Process.Signal(syscall.SIGKILL)
