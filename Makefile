@@ -36,8 +36,18 @@ lint:
 # promtool, then each fuzz target for its execution budget.
 test: deps lint build unit fuzz
 
+# Every package with goroutines runs under the race detector, and the
+# end-to-end tests then build statexec with it too (that is what exercises
+# internal/modes, which has no unit tests). config and store start no
+# goroutine, so -race can find nothing in their tests, while store's long
+# loops take several times longer under it: those two run without it.
+# `make unit RACE=` runs everything without the detector.
+RACE        ?= -race
+NORACE_PKGS := $(addprefix github.com/statexec/statexec/internal/,config store)
+
 unit:
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -timeout 10m $(NORACE_PKGS)
+	$(GO) test $(RACE) -count=1 -timeout 30m $$($(GO) list ./... | grep -vxF $(addprefix -e ,$(NORACE_PKGS)))
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZ_PARSE_EXECS)x -fuzzminimizetime $(FUZZ_MINIMIZE) -timeout 5m ./internal/config

@@ -20,21 +20,61 @@ import (
 	"github.com/statexec/statexec/internal/testenv"
 )
 
-var statexecBin string
+var (
+	statexecBin string
+	// raceLogs is where statexec built with the race detector writes its
+	// reports (GORACE log_path); "" without -race.
+	raceLogs string
+)
 
 func TestMain(m *testing.M) {
+	if os.Getenv(denySubreaperEnv) != "" && len(os.Args) > 1 {
+		err := execDenyingSubreaper(os.Args[1:])
+		fmt.Fprintf(os.Stderr, "exec %s without subreaper: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
 	dir, err := os.MkdirTemp("", "statexec-e2e-")
 	if err != nil {
 		panic(err)
 	}
 	statexecBin = filepath.Join(dir, "statexec")
-	if out, err := exec.Command("go", "build", "-o", statexecBin, ".").CombinedOutput(); err != nil {
+	build := []string{"build", "-o", statexecBin}
+	if raceBuild {
+		// internal/modes has no unit tests: these end-to-end runs are
+		// what exercise it, so under -race statexec is built with the
+		// race detector too, and any report fails the test binary.
+		build = append(build, "-race")
+		raceLogs = filepath.Join(dir, "race")
+		if err := os.Mkdir(raceLogs, 0o755); err != nil {
+			panic(err)
+		}
+		os.Setenv("GORACE", "log_path="+filepath.Join(raceLogs, "statexec")) // for commands that inherit the environment
+	}
+	if out, err := exec.Command("go", append(build, ".")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build statexec: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()
+	if reports := raceReports(); reports != "" {
+		fmt.Fprintf(os.Stderr, "FAIL: data races in statexec:\n%s", reports)
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// raceReports returns the race detector's reports from every statexec run.
+func raceReports() string {
+	if raceLogs == "" {
+		return ""
+	}
+	files, _ := filepath.Glob(filepath.Join(raceLogs, "statexec.*"))
+	var all strings.Builder
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		all.Write(b)
+	}
+	return all.String()
 }
 
 // result is one finished statexec run.
@@ -72,6 +112,9 @@ func newCmd(t *testing.T, env []string, args ...string) *exec.Cmd {
 	cmd := exec.Command(statexecBin, args...)
 	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
 		"SE_METRICS_FILE=" + filepath.Join(t.TempDir(), "metrics.txt")}
+	if g := os.Getenv("GORACE"); g != "" {
+		base = append(base, "GORACE="+g)
+	}
 	cmd.Env = append(base, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd

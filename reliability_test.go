@@ -13,7 +13,17 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/statexec/statexec/internal/store"
 	"github.com/statexec/statexec/internal/testenv"
+)
+
+// Values of statexec_command_status.
+const (
+	statusPending = 0
+	statusRunning = 1
+	statusDone    = 2
 )
 
 // processGone reports whether pid has exited (gone, or a zombie).
@@ -53,6 +63,34 @@ func readPid(t *testing.T, path string) int {
 	return pid
 }
 
+// lastStatus is the last statexec_command_status in st (an opened spool),
+// -1 if there is none; scratch is a file to export into.
+func lastStatus(t *testing.T, st *store.Store, scratch string) float64 {
+	t.Helper()
+	if err := st.WriteFile(scratch, store.OpenMetrics); err != nil {
+		t.Fatalf("export the live spool %s: %v", st.Path(), err)
+	}
+	series := testenv.ParseFile(t, scratch).Series("statexec_command_status", nil)
+	if len(series) == 0 {
+		return -1
+	}
+	return series[len(series)-1].Value
+}
+
+// waitSpool waits until the run writing spool has stored at least ticks
+// samples, the last with statexec_command_status = status: the run is in
+// that phase, with that many samples on disk. store.Open reads a live
+// spool without taking its lock; the export is skipped until there are
+// enough ticks, to keep the polling light next to the run it watches.
+func waitSpool(t *testing.T, spool string, ticks int, status float64) {
+	t.Helper()
+	scratch := filepath.Join(t.TempDir(), "live.txt")
+	waitFor(t, fmt.Sprintf("%d samples with status %v in %s", ticks, status, spool), 10*time.Second, func() bool {
+		st, rec, err := store.Open(spool)
+		return err == nil && rec.Ticks >= ticks && lastStatus(t, st, scratch) == status
+	})
+}
+
 // cgroupsOf lists the cgroup directories statexec pid created.
 func cgroupsOf(pid int) []string {
 	var found []string
@@ -80,13 +118,15 @@ func TestKilledStatexecLosesAtMostOneInterval(t *testing.T) {
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "child.pid")
 	file := filepath.Join(dir, "m.txt")
-	env := []string{"SE_METRICS_FILE=" + file, "SE_INTERVAL=100ms", "SE_TIME_RELATIVE=1704067200000"}
-	b := startStatexec(t, env, "exec", "sh", "-c", "echo $$ > "+pidFile+"; exec sleep 60")
-	started := time.Now()
+	// Wall-clock timestamps here: the loss is the kill's time minus the
+	// last sample's, on one clock. (With SE_TIME_RELATIVE the origin is
+	// statexec's clock start, later than the test's by statexec's
+	// start-up, which would count as loss.)
+	b := startStatexec(t, []string{"SE_METRICS_FILE=" + file, "SE_INTERVAL=100ms"}, "exec", "sh", "-c", "echo $$ > "+pidFile+"; exec sleep 60")
 	child := readPid(t, pidFile)
-	time.Sleep(1200 * time.Millisecond)
+	waitSpool(t, file+".spool", 12, 1)
 	b.cmd.Process.Signal(syscall.SIGKILL)
-	killedAt := time.Since(started)
+	killedMs := time.Now().UnixMilli()
 	<-b.done
 	waitFor(t, "the command to die with statexec", 3*time.Second, func() bool { return processGone(child) })
 
@@ -98,11 +138,11 @@ func TestKilledStatexecLosesAtMostOneInterval(t *testing.T) {
 	}
 	f := checkComplete(t, nil, out)
 	status := f.Series("statexec_command_status", nil)
-	last := status[len(status)-1].TimestampMs - 1704067200000
+	last := status[len(status)-1].TimestampMs
 	// The last sample kept is at most one interval (plus scheduling
 	// slack) before the kill.
-	if lost := killedAt.Milliseconds() - last; lost > 100+150 {
-		t.Fatalf("last sample at %d ms, killed at %d ms: %d ms lost", last, killedAt.Milliseconds(), lost)
+	if lost := killedMs - last; lost > 100+150 {
+		t.Fatalf("last sample at %d ms, killed at %d ms: %d ms lost", last, killedMs, lost)
 	}
 	if len(status) < 10 || status[len(status)-1].Value != 1 {
 		t.Fatalf("%d status samples, last %v", len(status), status[len(status)-1].Value)
@@ -111,10 +151,11 @@ func TestKilledStatexecLosesAtMostOneInterval(t *testing.T) {
 		t.Fatal("recover left the spool")
 	}
 
-	// Killed again: this time the next run recovers the spool itself.
+	// Killed again, with shifted timestamps: this time the next run
+	// recovers the spool itself.
+	env := []string{"SE_METRICS_FILE=" + file, "SE_INTERVAL=100ms", "SE_TIME_RELATIVE=1704067200000"}
 	b = startStatexec(t, env, "exec", "sleep", "60")
-	waitFor(t, "spool", 5*time.Second, func() bool { _, err := os.Stat(spool); return err == nil })
-	time.Sleep(500 * time.Millisecond)
+	waitSpool(t, spool, 3, 1)
 	b.cmd.Process.Signal(syscall.SIGKILL)
 	<-b.done
 	r = statexec(t, "", env, "exec", "true")
@@ -138,6 +179,9 @@ type phaseCase struct {
 	args []string
 	// trigger, if set, moves the run into the phase (POST /start).
 	trigger func(t *testing.T, b *background)
+	// status is statexec_command_status in the phase: the test waits for
+	// it in the spool before sending the signal.
+	status float64
 	// code is the expected exit code for signal sig.
 	code func(sig syscall.Signal) int
 }
@@ -173,14 +217,14 @@ func TestSignalsInEveryPhase(t *testing.T) {
 			args = []string{mode}
 		case "waitStart", "waitStartAndStop":
 			args, trigger = []string{mode}, start
-			cases = append(cases, phaseCase{mode + "/waiting-for-start", fast, append(args, "true"), nil, killed})
+			cases = append(cases, phaseCase{mode + "/waiting-for-start", fast, append(args, "true"), nil, statusPending, killed})
 		default:
 			args = []string{mode, syncServer.URL}
 		}
 		cases = append(cases,
-			phaseCase{mode + "/before", before, append(args, "true"), nil, killed},
-			phaseCase{mode + "/running", fast, append(args, "sleep", "30"), trigger, killed},
-			phaseCase{mode + "/after", after, append(args, "true"), trigger, ok},
+			phaseCase{mode + "/before", before, append(args, "true"), nil, statusPending, killed},
+			phaseCase{mode + "/running", fast, append(args, "sleep", "30"), trigger, statusRunning, killed},
+			phaseCase{mode + "/after", after, append(args, "true"), trigger, statusDone, ok},
 		)
 	}
 	vm := testenv.StartVictoriaMetrics(t)
@@ -193,7 +237,7 @@ func TestSignalsInEveryPhase(t *testing.T) {
 				if c.trigger != nil {
 					c.trigger(t, b)
 				}
-				time.Sleep(300 * time.Millisecond)
+				waitSpool(t, b.file+".spool", 3, c.status)
 				b.cmd.Process.Signal(sig)
 				b.wait(t, 10*time.Second)
 				if want := c.code(sig); b.code != want {
@@ -208,27 +252,37 @@ func TestSignalsInEveryPhase(t *testing.T) {
 	}
 }
 
-// TestSignalForwardedOnce: the command gets a signal sent to statexec
-// exactly once, and statexec exits with the command's code.
+// TestSignalForwardedOnce: each signal statexec forwards (SIGINT, SIGTERM,
+// SIGHUP, SIGQUIT) reaches the command exactly once, and statexec exits
+// with the command's code.
 func TestSignalForwardedOnce(t *testing.T) {
-	script := `trap 'n=$((n+1)); echo "got $n"' TERM; n=0; i=0; while [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); if [ $n -gt 0 ]; then sleep 0.3; exit 7; fi; done`
-	b := startStatexec(t, []string{"SE_SUMMARY=0"}, "exec", "sh", "-c", script)
-	time.Sleep(500 * time.Millisecond)
-	b.cmd.Process.Signal(syscall.SIGTERM)
-	b.wait(t, 10*time.Second)
-	if b.code != 7 || b.stdout.String() != "got 1\n" {
-		t.Fatalf("exit %d, stdout %q", b.code, b.stdout.String())
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT} {
+		t.Run(unix.SignalName(sig), func(t *testing.T) {
+			// The trap is set before "ready"; after the first signal the
+			// script waits 0.3 s more for a second one (the sleep it
+			// interrupts dies of the signal; no core file from SIGQUIT).
+			name := strings.TrimPrefix(unix.SignalName(sig), "SIG")
+			script := `ulimit -c 0; trap 'n=$((n+1)); echo "got $n"' ` + name + `; n=0; i=0; echo ready; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); if [ $n -gt 0 ]; then sleep 0.3; exit 7; fi; done`
+			b := startStatexec(t, []string{"SE_SUMMARY=0"}, "exec", "sh", "-c", script)
+			waitFor(t, "the command's trap", 10*time.Second, func() bool { return b.stdout.String() == "ready\n" })
+			b.cmd.Process.Signal(sig)
+			b.wait(t, 15*time.Second)
+			if b.code != 7 || b.stdout.String() != "ready\ngot 1\n" {
+				t.Fatalf("exit %d, stdout %q; stderr:\n%s", b.code, b.stdout.String(), b.stderr.String())
+			}
+			testenv.ParseFile(t, b.file)
+		})
 	}
-	testenv.ParseFile(t, b.file)
 }
 
 // TestStoppedStatexecKeepsTimestampsMonotonic: SIGSTOP statexec for 3 s;
 // the timestamps jump by the pause and stay increasing.
 func TestStoppedStatexecKeepsTimestampsMonotonic(t *testing.T) {
 	b := startStatexec(t, []string{"SE_INTERVAL=100ms", "SE_SUMMARY=0"}, "exec", "sleep", "4.5")
-	time.Sleep(700 * time.Millisecond)
+	waitSpool(t, b.file+".spool", 5, 1)
 	b.cmd.Process.Signal(syscall.SIGSTOP)
-	time.Sleep(3 * time.Second)
+	waitFor(t, "statexec stopped", 5*time.Second, func() bool { return procState(b.cmd.Process.Pid) == 'T' })
+	time.Sleep(3 * time.Second) // the pause under test, not a synchronisation
 	b.cmd.Process.Signal(syscall.SIGCONT)
 	b.wait(t, 10*time.Second)
 	f := testenv.ParseFile(t, b.file) // checks strictly increasing per series

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -116,9 +117,10 @@ func TestInteractiveShell(t *testing.T) {
 	master.Write([]byte("echo $((6*7))\n"))
 	waitOutput(t, out, "42")
 	master.Write([]byte("sleep 30\n"))
-	time.Sleep(300 * time.Millisecond)
+	waitForeground(t, master, out, "sleep")
 	master.Write([]byte{3}) // interrupts the sleep, not bash nor statexec
-	time.Sleep(300 * time.Millisecond)
+	waitForeground(t, master, out, "bash")
+	waitFor(t, "a prompt after ^C", 10*time.Second, func() bool { return strings.Count(out.String(), "prompt$ ") >= 3 })
 	master.Write([]byte("echo alive; exit 5\n"))
 	if code := exitCode(t, done, out); code != 5 || !strings.Contains(out.String(), "alive") {
 		t.Fatalf("exit %d; terminal:\n%s", code, out.String())
@@ -126,6 +128,50 @@ func TestInteractiveShell(t *testing.T) {
 }
 
 func testenvParse(t *testing.T, path string) { testenv.ParseFile(t, path) }
+
+// foreground is the terminal's foreground process group, 0 if unknown.
+func foreground(master *os.File) int {
+	pgrp, err := unix.IoctlGetInt(int(master.Fd()), unix.TIOCGPGRP)
+	if err != nil {
+		return 0
+	}
+	return pgrp
+}
+
+// waitForeground waits until the terminal's foreground group is led by a
+// process named comm.
+func waitForeground(t *testing.T, master *os.File, out *lockedBuffer, comm string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", foreground(master)))
+		if strings.TrimSpace(string(b)) == comm {
+			return
+		}
+	}
+	t.Fatalf("%s never became the terminal's foreground job; terminal:\n%s", comm, out.String())
+}
+
+// groupMembers lists the processes of process group pgrp.
+func groupMembers(pgrp int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name: state ppid pgrp ...
+		i := bytes.LastIndexByte(b, ')')
+		if f := strings.Fields(string(b[i+1:])); i > 0 && len(f) > 2 && f[2] == strconv.Itoa(pgrp) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
 
 // procState is the state letter of /proc/PID/stat (R, S, T, Z...).
 func procState(pid int) byte {
@@ -147,6 +193,10 @@ func TestCtrlZStopsAndContinues(t *testing.T) {
 	script := `echo ready; i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done; echo done`
 	cmd, master, out, done := startOnTerminal(t, []string{"SE_SUMMARY=0"}, "exec", "sh", "-c", script)
 	waitOutput(t, out, "ready")
+	job := foreground(master) // the command's group, which statexec made the foreground
+	if job == 0 || job == cmd.Process.Pid {
+		t.Fatalf("foreground group %d, want the command's (statexec is %d)", job, cmd.Process.Pid)
+	}
 	master.Write([]byte{0x1a}) // ^Z: SIGTSTP to the terminal's foreground group
 	stopped := false
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
@@ -158,13 +208,43 @@ func TestCtrlZStopsAndContinues(t *testing.T) {
 	if !stopped {
 		t.Fatalf("statexec did not stop with its command; terminal:\n%s", out.String())
 	}
-	time.Sleep(2500 * time.Millisecond) // longer than the script would run
+	// Every process of the command stops (not only its shell; a zombie
+	// cannot run either): it cannot run on while statexec is stopped.
+	waitFor(t, "every process of the command stopped", 5*time.Second, func() bool {
+		members := groupMembers(job)
+		for _, pid := range members {
+			if st := procState(pid); st != 'T' && st != 'Z' {
+				return false
+			}
+		}
+		return len(members) > 0
+	})
+	if procState(cmd.Process.Pid) != 'T' {
+		t.Fatal("statexec was continued while its command is stopped")
+	}
 	if strings.Contains(out.String(), "done") {
-		t.Fatal("the command ran on while stopped")
+		t.Fatal("the command ran to its end although stopped")
 	}
 	cmd.Process.Signal(syscall.SIGCONT) // what the shell's fg does
 	if code := exitCode(t, done, out); code != 0 || !strings.Contains(out.String(), "done") {
 		t.Fatalf("exit %d after SIGCONT; terminal:\n%s", code, out.String())
+	}
+	testenvParse(t, fileOf(cmd.Env))
+}
+
+// TestTerminalTakeBackFailureReported: the command takes the terminal into
+// a session of its own (setsid --ctty, which steals it as root), so
+// statexec cannot take it back when the command ends: statexec says so in
+// one line and keeps the command's exit code.
+func TestTerminalTakeBackFailureReported(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("stealing a terminal needs CAP_SYS_ADMIN")
+	}
+	cmd, _, out, done := startOnTerminal(t, []string{"SE_SUMMARY=0"}, "exec", "setsid", "--ctty", "--wait", "sh", "-c", "exit 4")
+	code := exitCode(t, done, out)
+	const line = "statexec: take the terminal back: inappropriate ioctl for device"
+	if code != 4 || strings.Count(out.String(), "statexec: ") != 1 || !strings.Contains(out.String(), line) {
+		t.Fatalf("exit %d, want 4 and one line %q; terminal:\n%s", code, line, out.String())
 	}
 	testenvParse(t, fileOf(cmd.Env))
 }

@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
-# Overhead of statexec's per-process probes, as ratios measured in one run:
-#   1. wall time of `statexec exec true` vs bare `true` (plain and ebpf)
-#   2. `perf bench sched pipe` under statexec (ebpf, plain) vs bare, and bare
-#      while an eBPF run of statexec is attached elsewhere (global cost of the
-#      sched tracepoints for tasks outside the cgroup)
-#   3. iperf3 loopback throughput, client under statexec vs bare
-# Needs root for the eBPF runs; hyperfine, perf (linux-perf) and iperf3 are
-# used when installed, otherwise that part is skipped (1. falls back to a
-# bash loop). Knobs: REPS (short-command repetitions), ROUNDS (alternating
-# rounds of the longer benchmarks), PIPE_LOOPS, IPERF_SECS.
+# statexec's overhead, measured as interleaved A/B pairs: each round runs
+# the baseline and every variant back to back, so that a machine getting
+# busier or quieter shifts both sides of a pair alike. Each comparison
+# prints the median, the spread (min-max) and the per-pair ratio (median
+# and spread of the ratios), never a single run:
+#   1. own CPU per sample at SE_INTERVAL=1s and 100ms, steady state:
+#      statexec's CPU time (its threads' schedstat, children not counted)
+#      between two instants of an `exec sleep N`, divided by the samples
+#      its file holds between them; pidstat -p sampling a sleeping
+#      process every second is the baseline
+#   2. `perf bench sched pipe`, pinned to one CPU, under statexec vs bare
+#   3. wall time added to `statexec exec true` vs bare `true`
+#   4. peak RSS of statexec over `exec sleep N` (VmHWM), and its RSS at a
+#      quarter and at the end of the run (flat or not)
+#   5. iperf3 loopback throughput, client under statexec vs bare
+# Each comparison runs for the plain backend and, where it loads (root),
+# the eBPF one. Uses perf (linux-perf), hyperfine, pidstat (sysstat) and
+# iperf3 (scripts/install-deps.sh installs them); a part whose tool is
+# missing is skipped with a line saying so. Knobs: ROUNDS (pairs per comparison),
+# CPU_SECS_1S / CPU_SECS_100MS (length of the steady runs), PIPE_LOOPS,
+# TRUE_RUNS (runs of `true` per side of a pair), RSS_SECS, IPERF_SECS.
+# Figures from a machine that other work keeps busy are not figures: look
+# at the spread before quoting a median.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 BIN=${BIN:-/tmp/statexec-bench}
-REPS=${REPS:-200}
-ROUNDS=${ROUNDS:-7}
+ROUNDS=${ROUNDS:-5}
+CPU_SECS_1S=${CPU_SECS_1S:-12}
+CPU_SECS_100MS=${CPU_SECS_100MS:-6}
 PIPE_LOOPS=${PIPE_LOOPS:-100000}
+TRUE_RUNS=${TRUE_RUNS:-30}
+RSS_SECS=${RSS_SECS:-20}
 IPERF_SECS=${IPERF_SECS:-5}
-IPERF_PORT=${IPERF_PORT:-5299}
 NCPU=$(nproc)
 PIN_CPU=${PIN_CPU:-$((NCPU - 1))}
 TMP=$(mktemp -d /tmp/statexec-bench.XXXXXX)
@@ -30,6 +45,8 @@ trap cleanup EXIT
 
 go build -o "$BIN" .
 
+have() { command -v "$1" >/dev/null; }
+
 # se MODE CMD... runs CMD under statexec with the given probes backend.
 se() {
 	local mode=$1
@@ -39,99 +56,238 @@ se() {
 
 # Check that the eBPF backend really loads here; otherwise say so once.
 if se ebpf true 2>"$TMP/ebpf.err"; then
-	EBPF=1
+	MODES=(plain ebpf)
 else
-	EBPF=0
+	MODES=(plain)
 	echo "eBPF backend unavailable: $(head -1 "$TMP/ebpf.err")" >&2
 fi
-MODES=(plain)
-[[ $EBPF == 1 ]] && MODES+=(ebpf)
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.3f", a / b }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-echo "== 1. short command: statexec exec true vs true ($REPS runs each)"
-# mean wall time in milliseconds
-mean_ms() {
-	if command -v hyperfine >/dev/null; then
-		hyperfine -N --warmup 5 --runs "$REPS" --export-json "$TMP/h.json" -- "$*" >/dev/null 2>&1
-		python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["mean"]*1000)' "$TMP/h.json"
-	else
-		local start end
-		start=$(date +%s%N)
-		for ((i = 0; i < REPS; i++)); do "$@" >/dev/null 2>&1; done
-		end=$(date +%s%N)
-		awk -v d=$((end - start)) -v n="$REPS" 'BEGIN { printf "%.3f", d / n / 1e6 }'
-	fi
+# stats FILE: "median M (min A, max B, n N)" of the numbers in FILE.
+stats() {
+	sort -g "$1" | awk '{ v[NR] = $1 }
+		END {
+			if (NR == 0) { print "no data"; exit }
+			m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+			printf "median %.4g (min %.4g, max %.4g, n %d)", m, v[1], v[NR], NR
+		}'
 }
-bare=$(mean_ms true)
-printf "  %-22s %8.2f ms\n" "true" "$bare"
-for m in "${MODES[@]}"; do
-	# hyperfine -N runs without a shell, so pass the environment via env.
-	t=$(mean_ms env SE_PROBES="$m" SE_METRICS_FILE="$TMP/m.txt" SE_SUMMARY=0 "$BIN" exec true)
-	printf "  %-22s %8.2f ms  added %6.2f ms  ratio %s\n" "statexec($m) true" "$t" \
-		"$(awk -v a="$t" -v b="$bare" 'BEGIN { print a - b }')" "$(ratio "$t" "$bare")"
-done
+# div A B: A/B, or nothing when B is 0.
+div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b != 0) printf "%.6g\n", a / b }'; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6g\n", a - b }'; }
+# row LABEL FILE [UNIT]: one printed line.
+row() { printf "  %-38s %s %s\n" "$1" "$(stats "$2")" "${3:-}"; }
 
-if command -v perf >/dev/null; then
-	echo "== 2. perf bench sched pipe -l $PIPE_LOOPS on CPU $PIN_CPU (usecs/op, median of $ROUNDS alternating rounds)"
-	# Both tasks pinned to one CPU: without pinning, where the scheduler
-	# places them changes the result by more than the probes do.
-	pipe() { "$@" taskset -c "$PIN_CPU" perf bench sched pipe -l "$PIPE_LOOPS" 2>/dev/null | awk '/usecs\/op/ { print $1 }'; }
-	: >"$TMP/pipe-bare"
-	for m in "${MODES[@]}"; do : >"$TMP/pipe-$m"; done
-	: >"$TMP/pipe-outside"
+# task_ns PID: CPU time (ns) of PID's threads so far, from schedstat
+# (exact; /proc/PID/stat counts 10 ms ticks).
+task_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", s }'; }
+now_ms() { date +%s%3N; }
+# sleep_until T: sleeps until epoch ms T (at once if past).
+sleep_until() { sleep "$(awk -v t="$1" -v n="$(now_ms)" 'BEGIN { d = (t - n) / 1000; print (d > 0 ? d : 0) }')"; }
+# window PID START: CPU ns of PID from START+WARM_MS to START+WARM_MS+WINDOW_MS
+# (epoch ms), as "ns t1 t2"; nothing if PID ended before.
+window() {
+	local a b t1 t2
+	sleep_until $(($2 + WARM_MS))
+	a=$(task_ns "$1") t1=$(now_ms)
+	sleep_until $(($2 + WARM_MS + WINDOW_MS))
+	b=$(task_ns "$1") t2=$(now_ms)
+	if [[ -d /proc/$1 && $a -gt 0 && $b -ge $a ]]; then echo "$((b - a)) $t1 $t2"; fi
+}
+# samples_between FILE T1 T2: samples of the run in FILE taken in (T1, T2]
+# (epoch ms): one statexec_command_status point per sample.
+samples_between() {
+	awk -v a="$2" -v b="$3" '/^statexec_command_status[{ ]/ { t = $NF; if (t < 1e11) t *= 1000; if (t > a && t <= b) n++ } END { print n + 0 }' "$1"
+}
+
+# 1. own CPU per sample in steady state: the CPU time a running process
+# uses between two instants well after its start and before its end,
+# divided by the samples it took in between. pidstat -p sampling the same
+# kind of sleeping process every second is the baseline (it takes whole
+# seconds only, so its cost is per 1 s sample at both intervals).
+per_sample_cost() {
+	local interval=$1 secs=$2 label=$3
+	local m f r pid start w target pid_ms per
+	# From a quarter of the run (after start-up) to 1.5 s before its end.
+	WARM_MS=$((secs * 250)) WINDOW_MS=$((secs * 750 - 1500))
+	echo "== 1. own CPU per sample at SE_INTERVAL=$interval, steady state (exec sleep $secs, ${WINDOW_MS} ms from ${WARM_MS} ms on; $ROUNDS pairs)"
+	: >"$TMP/pid-$label"
+	for m in "${MODES[@]}"; do : >"$TMP/cpu-$label-$m" && : >"$TMP/ratio-$label-$m"; done
 	for ((r = 0; r < ROUNDS; r++)); do
-		pipe env >>"$TMP/pipe-bare"
-		for m in "${MODES[@]}"; do pipe se "$m" >>"$TMP/pipe-$m"; done
-		if [[ $EBPF == 1 ]]; then
-			# Probes attached (for a sleeping command's cgroup) while the
-			# benchmark runs outside it: what every other task pays.
-			SE_PROBES=ebpf SE_METRICS_FILE=$TMP/holder.txt SE_SUMMARY=0 "$BIN" exec sleep 3600 &
-			holder=$!
-			PIDS+=("$holder")
-			sleep 0.3
-			pipe env >>"$TMP/pipe-outside"
-			kill "$holder" 2>/dev/null || true
-			wait "$holder" 2>/dev/null || true
+		pid_ms=""
+		if have pidstat; then
+			sleep "$((secs + 2))" &
+			target=$!
+			PIDS+=("$target")
+			start=$(now_ms)
+			pidstat -p "$target" 1 "$secs" >/dev/null &
+			pid=$!
+			w=$(window "$pid" "$start")
+			wait "$pid" || true
+			kill "$target" 2>/dev/null || true
+			wait "$target" 2>/dev/null || true
+			if [[ -n $w ]]; then
+				pid_ms=$(awk -v c="${w%% *}" -v a="$(cut -d' ' -f2 <<<"$w")" -v b="${w##* }" 'BEGIN { printf "%.6g\n", c / 1e6 / ((b - a) / 1000) }')
+				echo "$pid_ms" >>"$TMP/pid-$label"
+			fi
+		fi
+		for m in "${MODES[@]}"; do
+			f=$TMP/cpu-$m.txt
+			start=$(now_ms)
+			SE_INTERVAL=$interval SE_PROBES=$m SE_METRICS_FILE=$f SE_SUMMARY=0 "$BIN" exec sleep "$secs" &
+			pid=$!
+			PIDS+=("$pid")
+			w=$(window "$pid" "$start")
+			if ! wait "$pid"; then
+				echo "  round $r, $m: statexec failed (exit $?); round skipped" >&2
+				continue
+			fi
+			if [[ -z $w ]]; then
+				echo "  round $r, $m: statexec ended before the window closed (machine too busy?); round skipped" >&2
+				continue
+			fi
+			per=$(awk -v c="${w%% *}" -v n="$(samples_between "$f" "$(cut -d' ' -f2 <<<"$w")" "${w##* }")" \
+				'BEGIN { if (n > 0) printf "%.6g\n", c / 1e6 / n }')
+			echo "$per" >>"$TMP/cpu-$label-$m"
+			if [[ -n $pid_ms && -n $per ]]; then div "$per" "$pid_ms" >>"$TMP/ratio-$label-$m"; fi
+		done
+	done
+	if have pidstat; then
+		row "pidstat -p PID 1, per sample" "$TMP/pid-$label" ms
+	else
+		echo "  (pidstat not installed: apt-get install sysstat)"
+	fi
+	for m in "${MODES[@]}"; do
+		row "statexec($m), per sample" "$TMP/cpu-$label-$m" ms
+		if [[ -s $TMP/ratio-$label-$m ]]; then row "  ratio to pidstat, per pair" "$TMP/ratio-$label-$m" x; fi
+		if [[ $interval == *ms ]]; then
+			awk -v i="${interval%ms}" '{ printf "%.6g\n", $1 * 1000 / i }' "$TMP/cpu-$label-$m" >"$TMP/cpus-$label-$m"
+			row "  per second of run" "$TMP/cpus-$label-$m" ms/s
 		fi
 	done
-	b=$(median <"$TMP/pipe-bare")
-	printf "  %-34s %8.3f usecs/op\n" "bare" "$b"
-	for m in "${MODES[@]}"; do
-		v=$(median <"$TMP/pipe-$m")
-		printf "  %-34s %8.3f usecs/op  slowdown %s\n" "under statexec($m)" "$v" "$(ratio "$v" "$b")"
+}
+per_sample_cost 1s "$CPU_SECS_1S" 1s
+per_sample_cost 100ms "$CPU_SECS_100MS" 100ms
+
+# 2. perf bench sched pipe, pinned: both tasks on one CPU, since where the
+# scheduler places them changes the result by more than the probes do.
+if have perf; then
+	echo "== 2. perf bench sched pipe -l $PIPE_LOOPS on CPU $PIN_CPU (usecs/op; $ROUNDS pairs)"
+	pipe() { "$@" taskset -c "$PIN_CPU" perf bench sched pipe -l "$PIPE_LOOPS" 2>/dev/null | awk '/usecs\/op/ { print $1 }'; }
+	: >"$TMP/pipe-bare"
+	for m in "${MODES[@]}"; do : >"$TMP/pipe-$m" && : >"$TMP/pipe-ratio-$m"; done
+	for ((r = 0; r < ROUNDS; r++)); do
+		b=$(pipe env)
+		echo "$b" >>"$TMP/pipe-bare"
+		for m in "${MODES[@]}"; do
+			v=$(pipe se "$m")
+			echo "$v" >>"$TMP/pipe-$m"
+			div "$v" "$b" >>"$TMP/pipe-ratio-$m"
+		done
 	done
-	if [[ $EBPF == 1 ]]; then
-		v=$(median <"$TMP/pipe-outside")
-		printf "  %-34s %8.3f usecs/op  slowdown %s\n" "outside, ebpf probes attached" "$v" "$(ratio "$v" "$b")"
-	fi
+	row "bare" "$TMP/pipe-bare" usecs/op
+	for m in "${MODES[@]}"; do
+		row "under statexec($m)" "$TMP/pipe-$m" usecs/op
+		row "  slowdown, per pair" "$TMP/pipe-ratio-$m" x
+	done
 else
 	echo "== 2. skipped: perf not installed (apt-get install linux-perf)"
 fi
 
-if command -v iperf3 >/dev/null; then
-	echo "== 3. iperf3 loopback, ${IPERF_SECS}s per run (Gbit/s received, median of $ROUNDS alternating rounds)"
+# 3. wall time added to a command that does nothing.
+if have hyperfine; then
+	echo "== 3. wall time of exec true vs true ($TRUE_RUNS runs a side, $ROUNDS pairs)"
+	# mean_ms CMD...: mean wall time over TRUE_RUNS runs, without a shell.
+	mean_ms() {
+		hyperfine -N --warmup 3 --runs "$TRUE_RUNS" --export-json "$TMP/h.json" -- "$*" >/dev/null 2>&1
+		python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][0]["mean"]*1000)' "$TMP/h.json"
+	}
+	: >"$TMP/true-bare"
+	for m in "${MODES[@]}"; do : >"$TMP/true-$m" && : >"$TMP/true-added-$m"; done
+	for ((r = 0; r < ROUNDS; r++)); do
+		b=$(mean_ms true)
+		echo "$b" >>"$TMP/true-bare"
+		for m in "${MODES[@]}"; do
+			# hyperfine -N runs without a shell: the environment via env.
+			v=$(mean_ms env SE_PROBES="$m" SE_METRICS_FILE="$TMP/m.txt" SE_SUMMARY=0 "$BIN" exec true)
+			echo "$v" >>"$TMP/true-$m"
+			sub "$v" "$b" >>"$TMP/true-added-$m"
+		done
+	done
+	row "true" "$TMP/true-bare" ms
+	for m in "${MODES[@]}"; do
+		row "statexec($m) exec true" "$TMP/true-$m" ms
+		row "  added, per pair" "$TMP/true-added-$m" ms
+	done
+else
+	echo "== 3. skipped: hyperfine not installed"
+fi
+
+# 4. memory: VmHWM at the end, VmRSS at a quarter and at the end.
+echo "== 4. statexec's RSS over exec sleep $RSS_SECS ($ROUNDS rounds, MiB)"
+# kib FIELD PID: a /proc/PID/status field in KiB, nothing once PID is gone.
+kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$2/status" 2>/dev/null || true; }
+for m in "${MODES[@]}"; do : >"$TMP/hwm-$m" && : >"$TMP/rss-q-$m" && : >"$TMP/rss-end-$m"; done
+for ((r = 0; r < ROUNDS; r++)); do
+	for m in "${MODES[@]}"; do
+		SE_PROBES=$m SE_METRICS_FILE=$TMP/rss-$m.txt SE_SUMMARY=0 "$BIN" exec sleep "$RSS_SECS" &
+		pid=$!
+		PIDS+=("$pid")
+		quarter="" last="" hwm=""
+		start=$(date +%s%N)
+		# Poll every 0.2 s while statexec runs (bounded by the run's length).
+		for ((i = 0; i < RSS_SECS * 5 + 50; i++)); do
+			v=$(kib VmRSS "$pid")
+			[[ -z $v ]] && break
+			h=$(kib VmHWM "$pid")
+			if [[ -n $h ]]; then hwm=$h; fi
+			last=$v
+			elapsed=$((($(date +%s%N) - start) / 1000000))
+			if [[ -z $quarter && $elapsed -ge $((RSS_SECS * 250)) ]]; then quarter=$v; fi
+			sleep 0.2
+		done
+		wait "$pid" || true
+		awk -v k="$hwm" 'BEGIN { printf "%.2f\n", k / 1024 }' >>"$TMP/hwm-$m"
+		if [[ -n $quarter ]]; then awk -v k="$quarter" 'BEGIN { printf "%.2f\n", k / 1024 }' >>"$TMP/rss-q-$m"; fi
+		awk -v k="$last" 'BEGIN { printf "%.2f\n", k / 1024 }' >>"$TMP/rss-end-$m"
+	done
+done
+for m in "${MODES[@]}"; do
+	row "statexec($m) peak (VmHWM)" "$TMP/hwm-$m" MiB
+	row "  RSS at a quarter of the run" "$TMP/rss-q-$m" MiB
+	row "  RSS at the end" "$TMP/rss-end-$m" MiB
+done
+
+# 5. iperf3 loopback throughput.
+if have iperf3; then
+	echo "== 5. iperf3 loopback, ${IPERF_SECS}s a run (Gbit/s received; $ROUNDS pairs)"
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 	# Server and client on different CPUs (when there are two).
-	taskset -c 0 iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" >/dev/null 2>&1 &
+	taskset -c 0 iperf3 -s -B 127.0.0.1 -p "$port" >/dev/null 2>&1 &
 	PIDS+=($!)
-	sleep 0.5
+	for ((i = 0; i < 50; i++)); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+		sleep 0.1
+	done
 	iperf() {
-		"$@" taskset -c "$PIN_CPU" iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t "$IPERF_SECS" -J 2>/dev/null |
+		"$@" taskset -c "$PIN_CPU" iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_SECS" -J 2>/dev/null |
 			python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'
 	}
 	: >"$TMP/iperf-bare"
-	for m in "${MODES[@]}"; do : >"$TMP/iperf-$m"; done
+	for m in "${MODES[@]}"; do : >"$TMP/iperf-$m" && : >"$TMP/iperf-ratio-$m"; done
 	for ((r = 0; r < ROUNDS; r++)); do
-		iperf env >>"$TMP/iperf-bare"
-		for m in "${MODES[@]}"; do iperf se "$m" >>"$TMP/iperf-$m"; done
+		b=$(iperf env)
+		echo "$b" >>"$TMP/iperf-bare"
+		for m in "${MODES[@]}"; do
+			v=$(iperf se "$m")
+			echo "$v" >>"$TMP/iperf-$m"
+			div "$v" "$b" >>"$TMP/iperf-ratio-$m"
+		done
 	done
-	b=$(median <"$TMP/iperf-bare")
-	printf "  %-22s %8.2f Gbit/s\n" "bare" "$b"
+	row "bare" "$TMP/iperf-bare" Gbit/s
 	for m in "${MODES[@]}"; do
-		v=$(median <"$TMP/iperf-$m")
-		printf "  %-22s %8.2f Gbit/s  ratio %s\n" "under statexec($m)" "$v" "$(ratio "$v" "$b")"
+		row "client under statexec($m)" "$TMP/iperf-$m" Gbit/s
+		row "  ratio, per pair" "$TMP/iperf-ratio-$m" x
 	done
 else
-	echo "== 3. skipped: iperf3 not installed"
+	echo "== 5. skipped: iperf3 not installed"
 fi

@@ -51,6 +51,7 @@ type child struct {
 	pid        int
 	foreground bool          // the child owns the terminal
 	tty        *os.File      // the terminal, when foreground
+	stderr     *os.File      // statexec's, for errors while the child runs
 	done       chan struct{} // closed when reaped
 	started    time.Time
 	// exiting is called with the pid of every child of statexec (the
@@ -79,7 +80,7 @@ type hooks struct {
 // locked to its thread until the child is reaped, because the kernel sends
 // the parent-death signal when the forking thread exits.
 func startChild(path string, argv []string, stdio [3]*os.File, h hooks) (*child, error) {
-	c := &child{done: make(chan struct{}), exiting: h.exiting}
+	c := &child{done: make(chan struct{}), exiting: h.exiting, stderr: stdio[2]}
 	if c.exiting == nil {
 		c.exiting = func(int) {}
 	}
@@ -175,11 +176,15 @@ func (c *child) suspend(sig syscall.Signal) {
 	if !c.foreground || (sig != syscall.SIGTSTP && sig != syscall.SIGTTIN && sig != syscall.SIGTTOU) {
 		return
 	}
-	takeTerminalBack(c.tty)
+	if err := takeTerminalBack(c.tty); err != nil {
+		fmt.Fprintf(c.stderr, "statexec: %v\n", err)
+	}
 	syscall.Kill(syscall.Getpid(), syscall.SIGSTOP) // returns once continued
 	if foregroundTTY(c.tty) {
 		ignoreTTOU()
-		unix.IoctlSetPointerInt(int(c.tty.Fd()), unix.TIOCSPGRP, c.pid)
+		if err := unix.IoctlSetPointerInt(int(c.tty.Fd()), unix.TIOCSPGRP, c.pid); err != nil {
+			fmt.Fprintf(c.stderr, "statexec: give the terminal back to the command: %v\n", err)
+		}
 		restoreTTOU()
 	}
 	c.signal(syscall.SIGCONT)
@@ -275,16 +280,25 @@ func foregroundTTY(f *os.File) bool {
 
 // takeTerminalBack makes statexec's process group the foreground group of
 // the terminal again after the child, which owned it, ended. SIGTTOU is
-// ignored meanwhile: statexec is a background group at this point.
-func takeTerminalBack(f *os.File) {
+// ignored meanwhile: statexec is a background group at this point. An
+// error means the shell above may not get its terminal back (e.g. the
+// command took the terminal into a session of its own).
+func takeTerminalBack(f *os.File) error {
 	if f == nil {
-		return
+		return nil
 	}
 	fd := int(f.Fd())
-	if _, err := unix.IoctlGetInt(fd, unix.TIOCGPGRP); err != nil {
-		return
+	pgrp, err := unix.IoctlGetInt(fd, unix.TIOCGPGRP)
+	if err != nil {
+		return fmt.Errorf("take the terminal back: %w", err)
+	}
+	if pgrp == unix.Getpgrp() {
+		return nil
 	}
 	ignoreTTOU()
 	defer restoreTTOU()
-	unix.IoctlSetPointerInt(fd, unix.TIOCSPGRP, unix.Getpgrp())
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPGRP, unix.Getpgrp()); err != nil {
+		return fmt.Errorf("take the terminal back: %w", err)
+	}
+	return nil
 }

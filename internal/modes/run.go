@@ -81,8 +81,11 @@ type run struct {
 func Run(inv *config.Invocation, o Options) int {
 	r := &run{inv: inv, cfg: inv.Config, o: o, stderr: o.Stderr, startFailedC: make(chan struct{})}
 	// Orphaned descendants of the command are reparented to statexec,
-	// which reaps them (PID 1 may not).
-	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	// which reaps them (PID 1 may not). Without it the run still works,
+	// but orphans go to PID 1 and may stay zombies: say so.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		r.errorf("become child subreaper: %v; orphaned descendants of the command are not reaped by statexec", err)
+	}
 	// Catch the signals first, so that none ends statexec before the
 	// file is written.
 	r.signals = make(chan os.Signal, 8)
@@ -333,7 +336,9 @@ func (r *run) wait() int {
 		select {
 		case <-c.done:
 			if c.foreground {
-				takeTerminalBack(r.o.Stdin)
+				if err := takeTerminalBack(r.o.Stdin); err != nil {
+					r.errorf("%v", err)
+				}
 			}
 			code := c.exitCode()
 			if stopping {

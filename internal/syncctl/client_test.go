@@ -44,6 +44,53 @@ func wait(t *testing.T, ch <-chan error, limit time.Duration) error {
 	}
 }
 
+// hangUp listens on addr and closes every connection at once, without an
+// answer, as a port forwarder with nothing behind it does: Send retries.
+// Each connection is reported on the returned channel, so that a test can
+// wait for the client's attempts instead of sleeping.
+func hangUp(t *testing.T, addr string) (attempts <-chan struct{}, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("port %s taken meanwhile: %v", addr, err)
+	}
+	ch := make(chan struct{}, 100)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	stop = func() {
+		ln.Close()
+		<-done
+	}
+	t.Cleanup(stop)
+	return ch, stop
+}
+
+// waitAttempts waits for n connections reported by hangUp.
+func waitAttempts(t *testing.T, attempts <-chan struct{}, n int) {
+	t.Helper()
+	limit := time.After(10 * time.Second)
+	for i := range n {
+		select {
+		case <-attempts:
+		case <-limit:
+			t.Fatalf("%d of %d attempts within 10s", i, n)
+		}
+	}
+}
+
 func TestSendStatuses(t *testing.T) {
 	var starts, stops counter
 	s, base := serve(t, ServerOptions{AllowStop: true, Start: starts.start, Stop: stops.stop})
@@ -100,14 +147,18 @@ func TestSendServerLate(t *testing.T) {
 	addr := freeAddr(t)
 	var starts counter
 	t0 := time.Now()
+	attempts, stopHangingUp := hangUp(t, addr)
 	done := sendAsync(context.Background(), "http://"+addr, "start", ClientOptions{Timeout: 10 * time.Second})
 
-	time.Sleep(2 * time.Second)
+	// Three attempts without an answer: Send is retrying with backoff.
+	waitAttempts(t, attempts, 3)
 	select {
 	case err := <-done:
 		t.Fatalf("Send returned before the server existed: %v", err)
 	default:
 	}
+	stopHangingUp()
+	up := time.Now()
 	s := NewServer(ServerOptions{Listen: addr, Start: starts.start})
 	if err := s.Listen(); err != nil {
 		t.Skipf("port %s taken meanwhile: %v", addr, err)
@@ -119,8 +170,8 @@ func TestSendServerLate(t *testing.T) {
 		t.Fatalf("Send: %v", err)
 	}
 	// Backoff is at most 1s, so success comes soon after the server is up.
-	if d := time.Since(t0); d > 3500*time.Millisecond {
-		t.Errorf("Send took %v", d)
+	if d := time.Since(up); d > 1500*time.Millisecond {
+		t.Errorf("Send took %v after the server was up (%v in all)", d, time.Since(t0))
 	}
 	if starts.get() != 1 || !closed(s.Started()) {
 		t.Fatalf("Start calls %d", starts.get())
@@ -142,10 +193,12 @@ func TestSendNotReachable(t *testing.T) {
 }
 
 func TestSendCancel(t *testing.T) {
-	base := "http://" + freeAddr(t)
+	addr := freeAddr(t)
+	base := "http://" + addr
+	attempts, _ := hangUp(t, addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := sendAsync(ctx, base, "start", ClientOptions{Timeout: 10 * time.Second})
-	time.Sleep(300 * time.Millisecond)
+	waitAttempts(t, attempts, 2) // cancelled while retrying
 	t0 := time.Now()
 	cancel()
 	err := wait(t, done, 2*time.Second)
