@@ -147,10 +147,11 @@ func TestExecFileReadByVictoriaMetricsAndPromtool(t *testing.T) {
 			vm := testenv.StartVictoriaMetrics(t)
 			vm.Import(t, r.file)
 			checkVMHasEverySample(t, vm, f)
-			if format == "openmetrics" { // promtool backfills OpenMetrics only
+			if format == "openmetrics" { // promtool and Python read OpenMetrics only
 				if n := testenv.PromtoolBackfill(t, r.file); n != len(f.Samples) {
 					t.Fatalf("promtool backfilled %d samples, file has %d", n, len(f.Samples))
 				}
+				checkPythonHasEverySample(t, r.file, f)
 			}
 		})
 	}
@@ -202,6 +203,42 @@ func checkVMHasEverySample(t *testing.T, vm *testenv.VM, f *testenv.File) {
 				t.Fatalf("series %v point %d: VM %v@%d, file %v@%d", s.Labels, i, s.Values[i], s.TimestampsMs[i], w[i].v, w[i].ts)
 			}
 		}
+	}
+}
+
+// checkPythonHasEverySample reads the file with Python's prometheus_client
+// and compares every sample with the file: same series, values and
+// timestamps, exactly.
+func checkPythonHasEverySample(t *testing.T, path string, f *testenv.File) {
+	t.Helper()
+	key := func(name string, labels map[string]string, ts int64, v float64) string {
+		keys := make([]string, 0, len(labels))
+		for k := range labels {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var b strings.Builder
+		b.WriteString(name)
+		for _, k := range keys {
+			fmt.Fprintf(&b, ",%s=%q", k, labels[k])
+		}
+		fmt.Fprintf(&b, " %v@%d", v, ts)
+		return b.String()
+	}
+	want := map[string]int{}
+	for _, s := range f.Samples {
+		want[key(s.Name, s.Labels, s.TimestampMs, s.Value)]++
+	}
+	got := testenv.PythonParse(t, path)
+	if len(got) != len(f.Samples) {
+		t.Errorf("python prometheus_client read %d samples, the file has %d", len(got), len(f.Samples))
+	}
+	for _, s := range got {
+		k := key(s.Name, s.Labels, s.TimestampMs, s.Value)
+		if !s.Exact || want[k] == 0 {
+			t.Fatalf("python prometheus_client read %s (timestamp %s ms), not in the file", k, s.Raw)
+		}
+		want[k]--
 	}
 }
 

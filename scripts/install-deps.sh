@@ -34,10 +34,11 @@ declare -A PKG_CMD=(
 	[util-linux]=setpriv
 	[hyperfine]=hyperfine
 	[curl]=curl
+	[python3-prometheus-client]=""
 )
 # Stable order for messages and apt-get.
 PKGS=(clang llvm libbpf-dev bpftool victoria-metrics prometheus iperf3 linux-perf
-	iproute2 libcap2-bin util-linux hyperfine curl)
+	iproute2 libcap2-bin util-linux hyperfine curl python3-prometheus-client)
 
 APT_WAIT_SECONDS=${APT_WAIT_SECONDS:-1200}
 

@@ -107,7 +107,7 @@ func TestRoundTripOpenMetrics(t *testing.T) {
 	if n := strings.Count(text, "# TYPE temp gauge"); n != 1 {
 		t.Fatalf("TYPE of temp written %d times", n)
 	}
-	if !strings.Contains(text, `bytes_total{if="lo"} 200.0 1.704067202002e+09`) {
+	if !strings.Contains(text, `bytes_total{if="lo"} 200.0 1704067202.002`) {
 		t.Fatalf("missing exact counter line:\n%s", text)
 	}
 	fams := decode(t, buf.Bytes(), expfmt.NewFormat(expfmt.TypeOpenMetrics))
@@ -129,11 +129,11 @@ func TestRoundTripOpenMetrics(t *testing.T) {
 	}
 	// expfmt's parser merges a histogram's points, so check the lines.
 	for _, line := range []string{
-		`lat_seconds_bucket{le="0.01"} 2 1.704067202002e+09`,
-		`lat_seconds_bucket{le="+Inf"} 6 1.704067202002e+09`,
-		`lat_seconds_sum 1.0 1.704067202002e+09`,
-		`lat_seconds_count 6 1.704067202002e+09`,
-		`lat_seconds_count 3 1.704067201001e+09`,
+		`lat_seconds_bucket{le="0.01"} 2 1704067202.002`,
+		`lat_seconds_bucket{le="+Inf"} 6 1704067202.002`,
+		`lat_seconds_sum 1.0 1704067202.002`,
+		`lat_seconds_count 6 1704067202.002`,
+		`lat_seconds_count 3 1704067201.001`,
 	} {
 		if !strings.Contains(text, line+"\n") {
 			t.Errorf("missing histogram line %q", line)
@@ -362,4 +362,51 @@ func FuzzLabelValues(f *testing.F) {
 			t.Fatalf("0.0.4: label value %q came back as %q", v, got)
 		}
 	})
+}
+
+// TestTimestampsPlainDecimal: OpenMetrics timestamps are plain decimals
+// with only the digits needed (Python's prometheus_client 0.16 reads the
+// exponent form 1.704067200607e+09 as 1 s and a fraction), for any
+// millisecond value, negative ones included.
+func TestTimestampsPlainDecimal(t *testing.T) {
+	for ms, want := range map[int64]string{
+		1795619801704: "1795619801.704", 1795619801700: "1795619801.7", 1795619801000: "1795619801",
+		1795619801010: "1795619801.01", 1795619801001: "1795619801.001", 0: "0", 1: "0.001", 999: "0.999",
+		-1: "-0.001", -5: "-0.005", -1500: "-1.5", -1000: "-1", -1704067200123: "-1704067200.123",
+		math.MaxInt64: "9223372036854775.807", math.MinInt64: "-9223372036854775.808",
+	} {
+		if got := string(AppendTimestamp([]byte("x "), ms)); got != "x "+want {
+			t.Errorf("AppendTimestamp(%d) = %q, want %q", ms, got, "x "+want)
+		}
+	}
+	// Through the exporter: every sample line of every type.
+	s := newTestStore(t)
+	for _, ts := range []int64{-1500, -5, 0, 1704067200000, 1704067200120, 1704067200607} {
+		if err := s.Append(ts, []*dto.MetricFamily{counterFam("c_total", 1), gaugeFam("g", map[string]float64{"a": 2}), histFam(1, 1, 0, 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	if err := s.Export(&buf, OpenMetrics); err != nil {
+		t.Fatal(err)
+	}
+	wantTs := []string{"-1.5", "-0.005", "0", "1704067200", "1704067200.12", "1704067200.607"}
+	seen := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		fields := strings.Fields(line)
+		seen[fields[len(fields)-1]]++
+	}
+	// c_total, g and the histogram's 2 buckets, +Inf, _sum and _count: 7
+	// lines an instant.
+	for _, ts := range wantTs {
+		if seen[ts] != 7 {
+			t.Errorf("%d lines with timestamp %s, want 7:\n%s", seen[ts], ts, buf.String())
+		}
+	}
+	if len(seen) != len(wantTs) {
+		t.Errorf("timestamps %v, want %v", seen, wantTs)
+	}
 }

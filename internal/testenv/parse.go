@@ -44,9 +44,11 @@ type Sample struct {
 // problem. The format is OpenMetrics text if the file has a `# EOF` line,
 // Prometheus 0.0.4 text otherwise. Checked:
 //   - OpenMetrics: the last line is `# EOF` (trailing newline optional) and
-//     nothing follows; timestamps are seconds (decimal or exponent notation,
-//     at most millisecond precision, below 1e11 so they are not
-//     milliseconds); no comment lines other than HELP/TYPE/UNIT (promtool
+//     nothing follows; timestamps are seconds as plain decimals with only
+//     the digits needed (1704067200.12, not 1.70406720012e+09, which
+//     Python's prometheus_client misreads, nor 1704067200.120), at most
+//     millisecond precision, below 1e11 so they are not milliseconds); no
+//     comment lines other than HELP/TYPE/UNIT (promtool
 //     rejects them); no exemplars.
 //   - 0.0.4: every line ends with a newline; timestamps are integer
 //     milliseconds >= 2^31 (VictoriaMetrics reads smaller ones as seconds);
@@ -57,7 +59,8 @@ type Sample struct {
 //     to its type (OpenMetrics counter `# TYPE foo counter` + `foo_total` /
 //     `foo_created`; histogram `_bucket` with `le`, `_sum`, `_count`,
 //     OpenMetrics `_created`; summary with `quantile`...); every sample has a
-//     timestamp; label values use only the escapes \\ \" \n and are UTF-8;
+//     timestamp; label values use only the escapes \\ \" \n, are UTF-8
+//     and are not empty (readers drop empty labels: empty means absent);
 //     no duplicate label names; per series (name + labels) timestamps are
 //     strictly increasing.
 func ParseFile(t testing.TB, path string) *File {
@@ -157,6 +160,9 @@ var (
 	labelNameRE  = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
 	floatRE      = regexp.MustCompile(`^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$`)
 	intRE        = regexp.MustCompile(`^-?[0-9]+$`)
+	// omTimestampRE is a plain decimal without needless digits: no
+	// exponent, no leading zeros, no trailing zeros in the fraction.
+	omTimestampRE = regexp.MustCompile(`^-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?$`)
 
 	omTypes   = map[string]bool{"counter": true, "gauge": true, "histogram": true, "gaugehistogram": true, "stateset": true, "info": true, "summary": true, "unknown": true}
 	promTypes = map[string]bool{"counter": true, "gauge": true, "histogram": true, "summary": true, "untyped": true}
@@ -571,6 +577,9 @@ func parseLabels(l string, i int) (map[string]string, int, error) {
 		if !utf8.ValidString(v) {
 			return nil, 0, fmt.Errorf("label %q: value is not valid UTF-8", lname)
 		}
+		if v == "" {
+			return nil, 0, fmt.Errorf("label %q: empty value (VictoriaMetrics and promtool drop it: empty means absent)", lname)
+		}
 		labels[lname] = v
 		if i >= len(l) {
 			return nil, 0, errors.New("unterminated label set")
@@ -613,11 +622,14 @@ func parseValue(s string) (float64, error) {
 // the sample in year 50000+).
 const maxOMSeconds = 1e11
 
-// parseOMTimestamp converts an OpenMetrics timestamp (seconds, possibly with a
-// fraction or an exponent, e.g. 1.704067200123e+09) exactly to milliseconds.
+// parseOMTimestamp converts an OpenMetrics timestamp (seconds in plain
+// decimal, e.g. 1704067200.123) exactly to milliseconds.
 func parseOMTimestamp(s string) (int64, error) {
 	if !floatRE.MatchString(s) {
 		return 0, fmt.Errorf("invalid timestamp %q (OpenMetrics timestamps are seconds, like 1704067200.123)", s)
+	}
+	if !omTimestampRE.MatchString(s) || s == "-0" {
+		return 0, fmt.Errorf("timestamp %q is not a plain decimal with only the digits needed, like 1704067200.12 (Python's prometheus_client reads 1.70406720012e+09 as 1 s and a fraction)", s)
 	}
 	r, ok := new(big.Rat).SetString(s)
 	if !ok {
