@@ -105,8 +105,8 @@ func TestExecFileReadByVictoriaMetricsAndPromtool(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			r := statexec(t, "", []string{
 				"SE_INTERVAL=200ms", fmt.Sprintf("SE_TIME_RELATIVE=%d", origin), "SE_METRICS_FORMAT=" + format,
-				"SE_INSTANCE=bench \"one\"\\", "SE_LABEL_note=line1\nline2 ünï", "SE_LABEL_run=42",
-			}, "exec", "sh", "-c", "sleep 1.1; exit 3")
+				"SE_INSTANCE=bench \"one\"\\", "SE_LABEL_note=line1\nline2 ünï", "SE_LABEL_run=42", "SE_LABEL_empty=",
+			}, "--label", "blank=", "exec", "sh", "-c", "sleep 1.1; exit 3")
 			if r.code != 3 {
 				t.Fatalf("exit code %d, want 3; stderr:\n%s", r.code, r.stderr)
 			}
@@ -123,6 +123,14 @@ func TestExecFileReadByVictoriaMetricsAndPromtool(t *testing.T) {
 				if s.Labels["instance"] != "bench \"one\"\\" || s.Labels["job"] != "statexec" ||
 					s.Labels["role"] != "standalone" || s.Labels["note"] != "line1\nline2 ünï" || s.Labels["run"] != "42" {
 					t.Fatalf("labels of %s: %v", s.Name, s.Labels)
+				}
+				// Empty label values are absent labels (VictoriaMetrics
+				// and promtool drop them): not in the file either.
+				if _, has := s.Labels["empty"]; has {
+					t.Fatalf("empty label empty on %s", s.Name)
+				}
+				if _, has := s.Labels["blank"]; has {
+					t.Fatalf("empty label blank on %s", s.Name)
 				}
 			}
 			// Timestamps are real offsets from the origin: the run took
@@ -322,7 +330,9 @@ func TestHelpAndVersion(t *testing.T) {
 	for _, want := range []string{"exec", "waitStart", "waitStartAndStop", "syncStart", "syncStartAndStop", "recover",
 		"SE_METRICS_FILE", "SE_INSTANCE", "SE_TIME_RELATIVE", "SE_WAIT_TIME_BEFORE_COMMAND", "SE_WAIT_TIME_AFTER_COMMAND",
 		"SE_LABEL_", "SE_INTERVAL", "SE_METRICS_FORMAT", "SE_PROBES", "SE_SUMMARY", "SE_SYNC_LISTEN", "SE_SYNC_TOKEN",
-		"SE_SYNC_TIMEOUT", "SE_STOP_GRACE", "--file", "--label"} {
+		"SE_SYNC_TIMEOUT", "SE_STOP_GRACE", "--file", "--label",
+		"empty string counts as unset", "SE_METRICS_FILE= writes /tmp/statexec_metrics.txt",
+		"A label with an empty value is left out of the file"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("help lacks %q", want)
 		}

@@ -221,13 +221,33 @@ func seriesKey(fi int, labels []*dto.LabelPair) string {
 	return b.String()
 }
 
+// nonEmpty returns labels without those whose value is empty: in
+// Prometheus an empty label is an absent one, and VictoriaMetrics and
+// promtool drop it on import, so writing it would make the file disagree
+// with every database it is loaded into.
+func nonEmpty(labels []*dto.LabelPair) []*dto.LabelPair {
+	for i, l := range labels {
+		if l.GetValue() == "" {
+			kept := append([]*dto.LabelPair(nil), labels[:i]...)
+			for _, l := range labels[i+1:] {
+				if l.GetValue() != "" {
+					kept = append(kept, l)
+				}
+			}
+			return kept
+		}
+	}
+	return labels
+}
+
 func (s *Store) seriesFor(fi int, mf *dto.MetricFamily, m *dto.Metric) int {
-	key := seriesKey(fi, m.Label)
+	labels := nonEmpty(m.Label)
+	key := seriesKey(fi, labels)
 	if si, ok := s.serIndex[key]; ok {
 		return si
 	}
 	se := &series{family: fi, nvals: 1}
-	for _, l := range m.Label {
+	for _, l := range labels {
 		se.labels = append(se.labels, &dto.LabelPair{Name: ptr(l.GetName()), Value: ptr(l.GetValue())})
 	}
 	if mf.GetType() == dto.MetricType_HISTOGRAM {

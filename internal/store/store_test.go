@@ -410,3 +410,39 @@ func TestTimestampsPlainDecimal(t *testing.T) {
 		t.Errorf("timestamps %v, want %v", seen, wantTs)
 	}
 }
+
+// TestEmptyLabelsOmitted: a label with an empty value is absent
+// (Prometheus semantics; VictoriaMetrics and promtool drop it), so the
+// file does not carry it, and the series with and without it are one.
+func TestEmptyLabelsOmitted(t *testing.T) {
+	s := newTestStore(t)
+	for i, labels := range [][]*dto.LabelPair{
+		{lp("empty", ""), lp("if", "lo"), lp("z", "")},
+		{lp("if", "lo")},
+		{lp("empty", ""), lp("if", "lo")},
+	} {
+		if err := s.Append(1704067200000+int64(i), []*dto.MetricFamily{counterFam("c_total", float64(i), labels...)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.Series() != 1 || s.Points() != 3 {
+		t.Fatalf("%d series, %d points; want 1 series of 3 points", s.Series(), s.Points())
+	}
+	for _, format := range []Format{OpenMetrics, Prometheus} {
+		var buf bytes.Buffer
+		if err := s.Export(&buf, format); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(buf.String(), `""`) || strings.Count(buf.String(), `c_total{if="lo"} `) != 3 {
+			t.Errorf("format %d: want 3 samples of c_total{if=\"lo\"} and no empty label:\n%s", format, buf.String())
+		}
+	}
+	// Recovery reads the spool the same way.
+	r, _, err := Open(s.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Series() != 1 || r.Points() != 3 {
+		t.Errorf("recovered %d series, %d points", r.Series(), r.Points())
+	}
+}
