@@ -5,6 +5,7 @@ package sampler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -103,9 +104,14 @@ func (s *Sampler) Sample() {
 		s.warnOnce("gather", fmt.Sprintf("statexec: some metrics could not be collected: %v", err))
 	}
 	s.duration.Set(time.Since(began).Seconds())
-	if err := s.store.Append(ts, mfs); err != nil {
+	err = s.store.Append(ts, mfs)
+	if err != nil && !errors.Is(err, store.ErrRejected) {
 		s.warnOnce("store", fmt.Sprintf("statexec: metrics spool: %v; later samples are lost", err))
 		return
+	}
+	if err != nil {
+		// Some metrics were left out, the rest of the tick is stored.
+		s.warnOnce(err.Error(), fmt.Sprintf("statexec: %v", err))
 	}
 	s.lastTs = ts
 }

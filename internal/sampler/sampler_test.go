@@ -1,9 +1,14 @@
 package sampler
 
 import (
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/statexec/statexec/internal/store"
 )
@@ -60,5 +65,54 @@ func TestClockOrigin(t *testing.T) {
 	now := NewClock(-1)
 	if d := now.NowMs() - time.Now().UnixMilli(); d < -5 || d > 10 {
 		t.Fatalf("origin -1 is %d ms from now", d)
+	}
+}
+
+// TestRejectedMetricWarnsTruly: when the store leaves a metric out (its
+// type changed), the tick is still stored and the warning says what was
+// left out, not that later samples are lost; a failing spool says that.
+func TestRejectedMetricWarnsTruly(t *testing.T) {
+	st, err := store.Create(filepath.Join(t.TempDir(), "m.spool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	gathers := 0
+	g := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		gathers++
+		typ := dto.MetricType_GAUGE
+		if gathers > 1 {
+			typ = dto.MetricType_COUNTER
+		}
+		one := 1.0
+		m := &dto.Metric{Gauge: &dto.Gauge{Value: &one}}
+		if typ == dto.MetricType_COUNTER {
+			m = &dto.Metric{Counter: &dto.Counter{Value: &one}}
+		}
+		name, other := "g", "a_total"
+		return []*dto.MetricFamily{
+			{Name: &other, Type: dto.MetricType_COUNTER.Enum(), Metric: []*dto.Metric{{Counter: &dto.Counter{Value: &one}}}},
+			{Name: &name, Type: typ.Enum(), Metric: []*dto.Metric{m}},
+		}, nil
+	})
+	var warn strings.Builder
+	s := New(g, st, NewClock(1704067200000), prometheus.NewGauge(prometheus.GaugeOpts{Name: "d"}), &warn)
+	s.Sample()
+	s.Sample()
+	if st.Ticks() != 2 || st.Points() != 3 {
+		t.Errorf("%d ticks, %d points; want the second tick stored without g: 2 ticks, 3 points", st.Ticks(), st.Points())
+	}
+	if w := warn.String(); !strings.Contains(w, "metric g changed type") || strings.Contains(w, "lost") {
+		t.Errorf("warning %q: want what was left out, not that samples are lost", w)
+	}
+	s.Sample() // the same warning is not repeated
+	if n := strings.Count(warn.String(), "\n"); n != 1 {
+		t.Errorf("%d warning lines, want 1: %q", n, warn.String())
+	}
+
+	st.Close() // writes to the spool now fail
+	s.Sample()
+	if !strings.Contains(warn.String(), "later samples are lost") {
+		t.Errorf("spool failure: warning %q", warn.String())
 	}
 }

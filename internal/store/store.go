@@ -147,17 +147,30 @@ func (s *Store) Ticks() int { return s.ticks }
 // after an error keep the in-memory index consistent but write nothing.
 func (s *Store) Err() error { return s.err }
 
+// ErrRejected marks an Append error about some metrics only: their
+// samples were left out, the rest of the tick is stored, and later ticks
+// are not affected.
+var ErrRejected = errors.New("its samples are not recorded")
+
 // Append stores one sample of every metric in mfs at timestamp tsMs.
 // A point whose timestamp is not after its series' previous point is
-// dropped: timestamps of a series only increase.
+// dropped: timestamps of a series only increase. A family the store cannot
+// take (a type that changed, or is not supported) is left out and reported
+// with an error wrapping ErrRejected, after the rest of the tick is stored;
+// any other error is the spool's, and then this and later ticks are lost.
 func (s *Store) Append(tsMs int64, mfs []*dto.MetricFamily) error {
 	tick := binary.AppendVarint([]byte{recTick}, tsMs)
 	count := 0
 	var body []byte
+	var rejected []error
 	for _, mf := range mfs {
 		fi, err := s.familyFor(mf)
 		if err != nil {
-			return err
+			// Skip the family before any of its series is counted: a
+			// point counted but not written would be exported as a
+			// phantom "0 0" sample.
+			rejected = append(rejected, err)
+			continue
 		}
 		for _, m := range mf.Metric {
 			si := s.seriesFor(fi, mf, m)
@@ -182,21 +195,25 @@ func (s *Store) Append(tsMs int64, mfs []*dto.MetricFamily) error {
 	tick = append(tick, body...)
 	s.ticks++
 	s.writeRecord(tick)
-	return s.flush()
+	if err := s.flush(); err != nil {
+		return err
+	}
+	return errors.Join(rejected...)
 }
 
 func (s *Store) familyFor(mf *dto.MetricFamily) (int, error) {
 	name := mf.GetName()
 	if fi, ok := s.famIndex[name]; ok {
 		if s.families[fi].typ != mf.GetType() {
-			return 0, fmt.Errorf("store: metric %s changed type", name)
+			return 0, fmt.Errorf("store: metric %s changed type from %s to %s: %w",
+				name, s.families[fi].typ, mf.GetType(), ErrRejected)
 		}
 		return fi, nil
 	}
 	switch mf.GetType() {
 	case dto.MetricType_COUNTER, dto.MetricType_GAUGE, dto.MetricType_UNTYPED, dto.MetricType_HISTOGRAM:
 	default:
-		return 0, fmt.Errorf("store: metric %s: type %s not supported", name, mf.GetType())
+		return 0, fmt.Errorf("store: metric %s: type %s not supported: %w", name, mf.GetType(), ErrRejected)
 	}
 	fi := len(s.families)
 	s.families = append(s.families, &family{name: name, help: mf.GetHelp(), typ: mf.GetType()})

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -445,4 +446,54 @@ func TestEmptyLabelsOmitted(t *testing.T) {
 	if r.Series() != 1 || r.Points() != 3 {
 		t.Errorf("recovered %d series, %d points", r.Series(), r.Points())
 	}
+}
+
+// TestRejectedFamilyLeavesNoPhantom: a family the store cannot take (here
+// a gauge that turns into a counter) is left out of its tick, and only it:
+// no other series gets a point counted but never written, which the export
+// used to show as a "… 0 0" sample at timestamp 0.
+func TestRejectedFamilyLeavesNoPhantom(t *testing.T) {
+	s := newTestStore(t)
+	if err := s.Append(1704067200000, []*dto.MetricFamily{counterFam("a_total", 1), gaugeFam("g", map[string]float64{"a": 1})}); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Append(1704067201000, []*dto.MetricFamily{counterFam("a_total", 2), counterFam("g", 5), gaugeFam("h", map[string]float64{"a": 3})})
+	if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "metric g changed type from GAUGE to COUNTER") {
+		t.Errorf("Append with a changed type: %v, want ErrRejected naming g", err)
+	}
+	if err := s.Append(1704067202000, []*dto.MetricFamily{counterFam("a_total", 3), gaugeFam("g", map[string]float64{"a": 4})}); err != nil {
+		t.Fatalf("the tick after: %v", err)
+	}
+	want := map[string][]string{
+		"a_total":  {"1.0 1704067200", "2.0 1704067201", "3.0 1704067202"},
+		`g{k="a"}`: {"1.0 1704067200", "4.0 1704067202"},
+		`h{k="a"}`: {"3.0 1704067201"},
+	}
+	check := func(what string, st *Store) {
+		t.Helper()
+		if st.Points() != 6 || st.Ticks() != 3 {
+			t.Errorf("%s: %d points in %d ticks, want 6 in 3", what, st.Points(), st.Ticks())
+		}
+		var buf bytes.Buffer
+		if err := st.Export(&buf, OpenMetrics); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string][]string{}
+		for _, line := range strings.Split(buf.String(), "\n") {
+			if line == "" || line[0] == '#' {
+				continue
+			}
+			series, point, _ := strings.Cut(line, " ")
+			got[series] = append(got[series], point)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: exported %v, want %v:\n%s", what, got, want, buf.String())
+		}
+	}
+	check("store", s)
+	r, rec, err := Open(s.Path())
+	if err != nil || rec.Torn {
+		t.Fatalf("Open: %v, %+v", err, rec)
+	}
+	check("recovered", r)
 }
