@@ -131,6 +131,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"SE_LABEL_instance=x"}, []string{"exec", "ls"}, "reserved"},
 		{[]string{"SE_LABEL_Job=x"}, []string{"exec", "ls"}, "reserved"},
 		{nil, []string{"-l", "CPU=1", "exec", "ls"}, "reserved"},
+		{[]string{"SE_LABEL_collector=x"}, []string{"exec", "ls"}, "reserved"},
 		{nil, []string{"-l", "__x=1", "exec", "ls"}, "reserved"},
 		{nil, []string{"-l", "1abc=1", "exec", "ls"}, "starts with a digit"},
 		{nil, []string{"-l", "=1", "exec", "ls"}, "empty"},
