@@ -11,6 +11,7 @@ package store
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -399,12 +400,19 @@ func (rr *recordReader) next() ([]byte, error) {
 	if _, err := io.ReadFull(rr.r, crc[:]); err != nil {
 		return nil, errTorn
 	}
-	if cap(rr.buf) < int(n) {
-		rr.buf = make([]byte, n)
-	}
-	rr.buf = rr.buf[:n]
-	if _, err := io.ReadFull(rr.r, rr.buf); err != nil {
-		return nil, errTorn
+	if n <= uint64(cap(rr.buf)) {
+		rr.buf = rr.buf[:n]
+		if _, err := io.ReadFull(rr.r, rr.buf); err != nil {
+			return nil, errTorn
+		}
+	} else {
+		// Grow with the bytes that are really there: a corrupt length
+		// in a short file must not cost maxRecord of memory.
+		b := bytes.NewBuffer(rr.buf[:0])
+		if _, err := io.CopyN(b, rr.r, int64(n)); err != nil {
+			return nil, errTorn
+		}
+		rr.buf = b.Bytes()
 	}
 	if crc32.ChecksumIEEE(rr.buf) != binary.LittleEndian.Uint32(crc[:]) {
 		return nil, errTorn
