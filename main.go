@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command statexec runs a command and records system metrics, and the
 // command's own, into an OpenMetrics file while it runs.
 package main
