@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command statexec runs a command and records system metrics, and the
 // command's own, into an OpenMetrics file while it runs.
 package main
@@ -61,6 +63,11 @@ Flags (may also follow the mode, up to the command; they win over variables):
       --sync-timeout SECONDS SE_SYNC_TIMEOUT              how long a client retries (30)
       --stop-grace SECONDS   SE_STOP_GRACE                grace between stop signals (5)
       --report PATH          SE_REPORT                    also write the HTML report here at the end
+
+A variable set to the empty string counts as unset: its default applies
+(SE_METRICS_FILE= writes /tmp/statexec_metrics.txt). A flag's value must not
+be empty. A label with an empty value is left out of the file: in Prometheus
+an empty label is an absent one.
 
 Exit status: the command's; 128+N if it was killed by signal N; 2 for bad
 usage; 126 if the command cannot be executed; 127 if it is not found.

@@ -148,8 +148,8 @@ func TestExecFileReadByVictoriaMetricsAndPromtool(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			r := statexec(t, "", []string{
 				"SE_INTERVAL=200ms", fmt.Sprintf("SE_TIME_RELATIVE=%d", origin), "SE_METRICS_FORMAT=" + format,
-				"SE_INSTANCE=bench \"one\"\\", "SE_LABEL_note=line1\nline2 ünï", "SE_LABEL_run=42",
-			}, "exec", "sh", "-c", "sleep 1.1; exit 3")
+				"SE_INSTANCE=bench \"one\"\\", "SE_LABEL_note=line1\nline2 ünï", "SE_LABEL_run=42", "SE_LABEL_empty=",
+			}, "--label", "blank=", "exec", "sh", "-c", "sleep 1.1; exit 3")
 			if r.code != 3 {
 				t.Fatalf("exit code %d, want 3; stderr:\n%s", r.code, r.stderr)
 			}
@@ -166,6 +166,14 @@ func TestExecFileReadByVictoriaMetricsAndPromtool(t *testing.T) {
 				if s.Labels["instance"] != "bench \"one\"\\" || s.Labels["job"] != "statexec" ||
 					s.Labels["role"] != "standalone" || s.Labels["note"] != "line1\nline2 ünï" || s.Labels["run"] != "42" {
 					t.Fatalf("labels of %s: %v", s.Name, s.Labels)
+				}
+				// Empty label values are absent labels (VictoriaMetrics
+				// and promtool drop them): not in the file either.
+				if _, has := s.Labels["empty"]; has {
+					t.Fatalf("empty label empty on %s", s.Name)
+				}
+				if _, has := s.Labels["blank"]; has {
+					t.Fatalf("empty label blank on %s", s.Name)
 				}
 			}
 			// Timestamps are real offsets from the origin: the run took
@@ -190,10 +198,11 @@ func TestExecFileReadByVictoriaMetricsAndPromtool(t *testing.T) {
 			vm := testenv.StartVictoriaMetrics(t)
 			vm.Import(t, r.file)
 			checkVMHasEverySample(t, vm, f)
-			if format == "openmetrics" { // promtool backfills OpenMetrics only
+			if format == "openmetrics" { // promtool and Python read OpenMetrics only
 				if n := testenv.PromtoolBackfill(t, r.file); n != len(f.Samples) {
 					t.Fatalf("promtool backfilled %d samples, file has %d", n, len(f.Samples))
 				}
+				checkPythonHasEverySample(t, r.file, f)
 			}
 		})
 	}
@@ -245,6 +254,42 @@ func checkVMHasEverySample(t *testing.T, vm *testenv.VM, f *testenv.File) {
 				t.Fatalf("series %v point %d: VM %v@%d, file %v@%d", s.Labels, i, s.Values[i], s.TimestampsMs[i], w[i].v, w[i].ts)
 			}
 		}
+	}
+}
+
+// checkPythonHasEverySample reads the file with Python's prometheus_client
+// and compares every sample with the file: same series, values and
+// timestamps, exactly.
+func checkPythonHasEverySample(t *testing.T, path string, f *testenv.File) {
+	t.Helper()
+	key := func(name string, labels map[string]string, ts int64, v float64) string {
+		keys := make([]string, 0, len(labels))
+		for k := range labels {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var b strings.Builder
+		b.WriteString(name)
+		for _, k := range keys {
+			fmt.Fprintf(&b, ",%s=%q", k, labels[k])
+		}
+		fmt.Fprintf(&b, " %v@%d", v, ts)
+		return b.String()
+	}
+	want := map[string]int{}
+	for _, s := range f.Samples {
+		want[key(s.Name, s.Labels, s.TimestampMs, s.Value)]++
+	}
+	got := testenv.PythonParse(t, path)
+	if len(got) != len(f.Samples) {
+		t.Errorf("python prometheus_client read %d samples, the file has %d", len(got), len(f.Samples))
+	}
+	for _, s := range got {
+		k := key(s.Name, s.Labels, s.TimestampMs, s.Value)
+		if !s.Exact || want[k] == 0 {
+			t.Fatalf("python prometheus_client read %s (timestamp %s ms), not in the file", k, s.Raw)
+		}
+		want[k]--
 	}
 }
 
@@ -328,7 +373,9 @@ func TestHelpAndVersion(t *testing.T) {
 	for _, want := range []string{"exec", "waitStart", "waitStartAndStop", "syncStart", "syncStartAndStop", "recover",
 		"SE_METRICS_FILE", "SE_INSTANCE", "SE_TIME_RELATIVE", "SE_WAIT_TIME_BEFORE_COMMAND", "SE_WAIT_TIME_AFTER_COMMAND",
 		"SE_LABEL_", "SE_INTERVAL", "SE_METRICS_FORMAT", "SE_PROBES", "SE_SUMMARY", "SE_SYNC_LISTEN", "SE_SYNC_TOKEN",
-		"SE_SYNC_TIMEOUT", "SE_STOP_GRACE", "--file", "--label"} {
+		"SE_SYNC_TIMEOUT", "SE_STOP_GRACE", "--file", "--label",
+		"empty string counts as unset", "SE_METRICS_FILE= writes /tmp/statexec_metrics.txt",
+		"A label with an empty value is left out of the file"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("help lacks %q", want)
 		}

@@ -40,13 +40,14 @@ declare -A PKG_CMD=(
 	[python3]=python3
 	[gcc]=gcc # go test -race needs cgo
 	[sysstat]=pidstat # make bench compares statexec's per-sample cost with pidstat's
+	[python3-prometheus-client]=""
 )
 # Packages whose command alone is enough (npm also comes with NodeSource's
 # nodejs, which conflicts with Debian's npm package).
 declare -A CMD_ENOUGH=([npm]=1)
 # Stable order for messages and apt-get.
 PKGS=(clang llvm libbpf-dev bpftool victoria-metrics prometheus iperf3 linux-perf
-	iproute2 libcap2-bin util-linux hyperfine curl npm openssl chromium python3 gcc sysstat)
+	iproute2 libcap2-bin util-linux hyperfine curl npm openssl chromium python3 gcc sysstat python3-prometheus-client)
 
 APT_WAIT_SECONDS=${APT_WAIT_SECONDS:-1200}
 

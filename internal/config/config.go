@@ -107,7 +107,7 @@ func IsUsage(err error) bool {
 // reservedLabels are set by statexec itself or by its metrics.
 var reservedLabels = []string{
 	"instance", "job", "role", "cpu", "mode", "interface", "disk", "kind",
-	"backend", "le", "quantile", "state", "name", "version",
+	"backend", "le", "quantile", "state", "name", "version", "collector",
 }
 
 // IsMode reports whether s names a mode that runs a command.

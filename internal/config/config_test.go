@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +27,26 @@ func TestDefaults(t *testing.T) {
 		c.Interval != time.Second || c.Format != FormatOpenMetrics || c.Probes != "auto" || !c.Summary ||
 		c.Listen != ":8080" || c.SyncTimeout != 30*time.Second || c.WaitBefore != 0 || len(c.Labels) != 0 {
 		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+// TestEmptyVariableIsUnset: every SE_* variable set to "" leaves its
+// default (as README and --help say), e.g. SE_METRICS_FILE= is the
+// default path, not an error nor an empty path.
+func TestEmptyVariableIsUnset(t *testing.T) {
+	def, err := parse(t, nil, "exec", "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range settings {
+		inv, err := parse(t, []string{s.env + "="}, "exec", "true")
+		if err != nil {
+			t.Errorf("%s=: %v", s.env, err)
+			continue
+		}
+		if !reflect.DeepEqual(inv.Config, def.Config) {
+			t.Errorf("%s= gives %+v, want the defaults %+v", s.env, inv.Config, def.Config)
+		}
 	}
 }
 
@@ -110,6 +131,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"SE_LABEL_instance=x"}, []string{"exec", "ls"}, "reserved"},
 		{[]string{"SE_LABEL_Job=x"}, []string{"exec", "ls"}, "reserved"},
 		{nil, []string{"-l", "CPU=1", "exec", "ls"}, "reserved"},
+		{[]string{"SE_LABEL_collector=x"}, []string{"exec", "ls"}, "reserved"},
 		{nil, []string{"-l", "__x=1", "exec", "ls"}, "reserved"},
 		{nil, []string{"-l", "1abc=1", "exec", "ls"}, "starts with a digit"},
 		{nil, []string{"-l", "=1", "exec", "ls"}, "empty"},

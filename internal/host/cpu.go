@@ -9,22 +9,26 @@ import (
 
 type cpuCollector struct {
 	ctx     context.Context
+	times   func(ctx context.Context, perCPU bool) ([]cpu.TimesStat, error) // the source; tests replace it
 	seconds *prometheus.Desc
+	success *prometheus.Desc
 }
 
 func newCPUCollector(ctx context.Context) *cpuCollector {
 	return &cpuCollector{
 		ctx:     ctx,
+		times:   cpu.TimesWithContext,
+		success: successDesc("cpu"),
 		seconds: desc("statexec_cpu_seconds_total", "Seconds the CPUs spent in each mode.", "cpu", "mode"),
 	}
 }
 
-func (c *cpuCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.seconds }
+func (c *cpuCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.seconds; ch <- c.success }
 
 func (c *cpuCollector) Collect(ch chan<- prometheus.Metric) {
-	times, err := cpu.TimesWithContext(c.ctx, true)
+	times, err := c.times(c.ctx, true)
+	reportSuccess(ch, c.success, c.seconds, err)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.seconds, err)
 		return
 	}
 	for _, t := range times {

@@ -19,6 +19,8 @@ var ignoredDisks = regexp.MustCompile(`^(z?ram|loop|fd)\d+$`)
 
 type diskCollector struct {
 	ctx                   context.Context
+	ioCounters            func(ctx context.Context, names ...string) (map[string]disk.IOCountersStat, error) // the source; tests replace it
+	success               *prometheus.Desc
 	sysBlock              string // /sys/block: whole disks, no partitions
 	readBytes, writeBytes *prometheus.Desc
 	reads, writes         *prometheus.Desc
@@ -28,6 +30,8 @@ func newDiskCollector(ctx context.Context) *diskCollector {
 	d := func(name, help string) *prometheus.Desc { return desc(name, help, "disk") }
 	return &diskCollector{
 		ctx:        ctx,
+		ioCounters: disk.IOCountersWithContext,
+		success:    successDesc("disk"),
 		sysBlock:   "/sys/block",
 		readBytes:  d("statexec_disk_read_bytes_total", "Bytes read from the disk."),
 		writeBytes: d("statexec_disk_write_bytes_total", "Bytes written to the disk."),
@@ -37,15 +41,15 @@ func newDiskCollector(ctx context.Context) *diskCollector {
 }
 
 func (c *diskCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.readBytes, c.writeBytes, c.reads, c.writes} {
+	for _, d := range []*prometheus.Desc{c.readBytes, c.writeBytes, c.reads, c.writes, c.success} {
 		ch <- d
 	}
 }
 
 func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
-	stats, err := disk.IOCountersWithContext(c.ctx)
+	stats, err := c.ioCounters(c.ctx)
+	reportSuccess(ch, c.success, c.readBytes, err)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.readBytes, err)
 		return
 	}
 	names := make([]string, 0, len(stats))

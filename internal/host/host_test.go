@@ -3,7 +3,9 @@ package host
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,6 +18,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/shirou/gopsutil/v4/cpu"
+	"github.com/shirou/gopsutil/v4/disk"
+	"github.com/shirou/gopsutil/v4/mem"
+	gnet "github.com/shirou/gopsutil/v4/net"
 	"golang.org/x/sys/unix"
 )
 
@@ -331,4 +337,89 @@ func collectNames(t *testing.T, c *diskCollector) []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// TestCollectorSuccess: every host collector reports
+// statexec_collector_success{collector=...} 1 when its source works, and 0
+// (with its metrics left out, and the error given to Gather) when the
+// source fails: a failing source is visible in the file, not a silent gap.
+func TestCollectorSuccess(t *testing.T) {
+	ctx := context.Background()
+	broken := errors.New("source broken")
+	cases := []struct {
+		name   string
+		metric string // one metric of the collector
+		build  func(fail bool) prometheus.Collector
+	}{
+		{"cpu", "statexec_cpu_seconds_total", func(fail bool) prometheus.Collector {
+			c := newCPUCollector(ctx)
+			if fail {
+				c.times = func(context.Context, bool) ([]cpu.TimesStat, error) { return nil, broken }
+			}
+			return c
+		}},
+		{"memory", "statexec_memory_total_bytes", func(fail bool) prometheus.Collector {
+			c := newMemoryCollector(ctx)
+			if fail {
+				c.virtualMemory = func(context.Context) (*mem.VirtualMemoryStat, error) { return nil, broken }
+			}
+			return c
+		}},
+		{"network", "statexec_network_sent_bytes_total", func(fail bool) prometheus.Collector {
+			c := newNetworkCollector(ctx)
+			if fail {
+				c.ioCounters = func(context.Context, bool) ([]gnet.IOCountersStat, error) { return nil, broken }
+			}
+			return c
+		}},
+		{"disk", "statexec_disk_read_bytes_total", func(fail bool) prometheus.Collector {
+			c := newDiskCollector(ctx)
+			// Every device counts, so that a machine without whole disks
+			// still has series to lose.
+			c.sysBlock = filepath.Join(t.TempDir(), "none")
+			if fail {
+				c.ioCounters = func(context.Context, ...string) (map[string]disk.IOCountersStat, error) { return nil, broken }
+			}
+			return c
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for _, fail := range []bool{false, true} {
+				reg := prometheus.NewPedanticRegistry()
+				reg.MustRegister(c.build(fail))
+				// The probe collector's success gauge is one more
+				// collector of the same family: it must register too.
+				reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "statexec_collector_success", Help: successHelp,
+					ConstLabels: prometheus.Labels{"collector": "probe"}}, func() float64 { return 1 }))
+				fams, err := reg.Gather()
+				if fail != (err != nil) || (fail && !strings.Contains(err.Error(), "source broken")) {
+					t.Fatalf("fail=%v: Gather error %v", fail, err)
+				}
+				success, data := map[string]float64{}, 0
+				for _, f := range fams {
+					for _, m := range f.GetMetric() {
+						if f.GetName() == "statexec_collector_success" {
+							if f.GetHelp() != "Whether the collector's last collection succeeded (1) or failed (0)." {
+								t.Errorf("help %q", f.GetHelp())
+							}
+							success[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+						} else if f.GetName() == c.metric {
+							data++
+						}
+					}
+				}
+				want := map[string]float64{c.name: 1, "probe": 1}
+				if fail {
+					want[c.name] = 0
+				}
+				if !maps.Equal(success, want) {
+					t.Errorf("fail=%v: success %v, want %v", fail, success, want)
+				}
+				if fail == (data > 0) {
+					t.Errorf("fail=%v: %d series of %s", fail, data, c.metric)
+				}
+			}
+		})
+	}
 }

@@ -9,6 +9,8 @@ import (
 
 type networkCollector struct {
 	ctx                      context.Context
+	ioCounters               func(ctx context.Context, perNIC bool) ([]net.IOCountersStat, error) // the source; tests replace it
+	success                  *prometheus.Desc
 	sentBytes, recvBytes     *prometheus.Desc
 	sentPackets, recvPackets *prometheus.Desc
 	sentErrors, recvErrors   *prometheus.Desc
@@ -19,6 +21,8 @@ func newNetworkCollector(ctx context.Context) *networkCollector {
 	d := func(name, help string) *prometheus.Desc { return desc(name, help, "interface") }
 	return &networkCollector{
 		ctx:         ctx,
+		ioCounters:  net.IOCountersWithContext,
+		success:     successDesc("network"),
 		sentBytes:   d("statexec_network_sent_bytes_total", "Bytes sent by the interface."),
 		recvBytes:   d("statexec_network_received_bytes_total", "Bytes received by the interface."),
 		sentPackets: d("statexec_network_sent_packets_total", "Packets sent by the interface."),
@@ -31,15 +35,15 @@ func newNetworkCollector(ctx context.Context) *networkCollector {
 }
 
 func (c *networkCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.sentBytes, c.recvBytes, c.sentPackets, c.recvPackets, c.sentErrors, c.recvErrors, c.sentDrops, c.recvDrops} {
+	for _, d := range []*prometheus.Desc{c.sentBytes, c.recvBytes, c.sentPackets, c.recvPackets, c.sentErrors, c.recvErrors, c.sentDrops, c.recvDrops, c.success} {
 		ch <- d
 	}
 }
 
 func (c *networkCollector) Collect(ch chan<- prometheus.Metric) {
-	counters, err := net.IOCountersWithContext(c.ctx, true)
+	counters, err := c.ioCounters(c.ctx, true)
+	reportSuccess(ch, c.success, c.sentBytes, err)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.sentBytes, err)
 		return
 	}
 	for _, n := range counters {

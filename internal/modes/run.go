@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package modes runs statexec's modes: the life cycle of one run (metrics
 // before, during and after the command), the command itself, and the HTTP
 // synchronisation of the wait* and sync* modes.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package probe
 
 // The BPF objects are generated and committed so that building statexec

@@ -1,3 +1,5 @@
+//go:build linux
+
 package probe
 
 import (
@@ -132,6 +134,11 @@ func parseRawBTF(data []byte) (*rawBTF, error) {
 			off += 12 * vlen
 		case btfKindEnum, btfKindProto:
 			off += 8 * vlen
+		}
+		if off > len(b.types) {
+			// Its member records run past the section: a truncated or
+			// corrupt blob; member() must not read beyond it.
+			return nil, errors.New("type section truncated")
 		}
 	}
 	return b, nil

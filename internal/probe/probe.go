@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package probe measures the command's own process tree: it places the
 // command in a cgroup v2 directory of its own and counts what the tree does,
 // with eBPF programs where the kernel and privileges allow, and from /proc

@@ -11,35 +11,49 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/statexec/statexec/internal/store"
 )
 
+// TestExactMsSurvivesSecondsRoundTrip checks ExactMs against the readers'
+// model (parse the plain decimal seconds, times 1000, truncate), which
+// store's TestEveryReaderReadsTimestampsExactly checks against the real
+// VictoriaMetrics and promtool: in 2024 nothing moves; in 1972 and in
+// the first seconds after 1970 (SE_TIME_RELATIVE=0) some values move, by
+// a few milliseconds at most, and all read back exactly.
 func TestExactMsSurvivesSecondsRoundTrip(t *testing.T) {
-	bumped, maxShift := 0, int64(0)
-	for ms := int64(1704067200000); ms < 1704067200000+20000; ms++ {
-		m := ExactMs(ms)
-		if m < ms {
-			t.Fatalf("ExactMs(%d) = %d went back", ms, m)
+	for _, c := range []struct {
+		name       string
+		from       int64
+		wantBumped bool
+	}{
+		{"2024", 1704067200000, false},
+		{"1972", 68177924000, true},
+		{"1970", 0, true},
+		{"before 1970", -20000, true},
+	} {
+		bumped, maxShift := 0, int64(0)
+		for ms := c.from; ms < c.from+20000; ms++ {
+			m := ExactMs(ms)
+			if m < ms {
+				t.Fatalf("%s: ExactMs(%d) = %d went back", c.name, ms, m)
+			}
+			maxShift = max(maxShift, m-ms)
+			if m != ms {
+				bumped++
+			}
+			s := string(store.AppendTimestamp(nil, m))
+			f, err := strconv.ParseFloat(s, 64)
+			if err != nil || int64(f*1000) != m {
+				t.Fatalf("%s: %d -> %s -> %d", c.name, m, s, int64(f*1000))
+			}
 		}
-		maxShift = max(maxShift, m-ms)
-		if m != ms {
-			bumped++
+		if maxShift > 10 || (bumped > 0) != c.wantBumped {
+			t.Errorf("%s: max shift %d ms, %d of 20000 bumped", c.name, maxShift, bumped)
 		}
-		// What expfmt writes, read back as the consumers do.
-		s := strconv.FormatFloat(float64(m)/1000, 'g', -1, 64)
-		f, _ := strconv.ParseFloat(s, 64)
-		if int64(f*1000) != m {
-			t.Fatalf("%d -> %s -> %d", m, s, int64(f*1000))
-		}
-		if int64(fastParse(s)*1000) != m {
-			t.Fatalf("%d -> %s -> %d in VictoriaMetrics", m, s, int64(fastParse(s)*1000))
-		}
+		t.Logf("%s: %d of 20000 ms values moved, by at most %d ms", c.name, bumped, maxShift)
 	}
-	if maxShift > 10 || bumped == 0 {
-		t.Fatalf("max shift %d ms, %d bumped", maxShift, bumped)
-	}
-	t.Logf("%d of 20000 ms values moved, by at most %d ms", bumped, maxShift)
 }
 
 func TestClockOrigin(t *testing.T) {
@@ -120,5 +134,54 @@ func TestSyncShiftsEarlierSamples(t *testing.T) {
 	gap := at.Sub(before).Milliseconds()
 	if len(ts) != 2 || ts[0] > origin-gap || ts[0] < origin-gap-50 || ts[1] < origin || ts[1] > origin+50 {
 		t.Fatalf("timestamps %v, want one about %d ms before %d and one just after", ts, gap, origin)
+	}
+}
+
+// TestRejectedMetricWarnsTruly: when the store leaves a metric out (its
+// type changed), the tick is still stored and the warning says what was
+// left out, not that later samples are lost; a failing spool says that.
+func TestRejectedMetricWarnsTruly(t *testing.T) {
+	st, err := store.Create(filepath.Join(t.TempDir(), "m.spool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	gathers := 0
+	g := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		gathers++
+		typ := dto.MetricType_GAUGE
+		if gathers > 1 {
+			typ = dto.MetricType_COUNTER
+		}
+		one := 1.0
+		m := &dto.Metric{Gauge: &dto.Gauge{Value: &one}}
+		if typ == dto.MetricType_COUNTER {
+			m = &dto.Metric{Counter: &dto.Counter{Value: &one}}
+		}
+		name, other := "g", "a_total"
+		return []*dto.MetricFamily{
+			{Name: &other, Type: dto.MetricType_COUNTER.Enum(), Metric: []*dto.Metric{{Counter: &dto.Counter{Value: &one}}}},
+			{Name: &name, Type: typ.Enum(), Metric: []*dto.Metric{m}},
+		}, nil
+	})
+	var warn strings.Builder
+	s := New(g, st, NewClock(1704067200000), prometheus.NewGauge(prometheus.GaugeOpts{Name: "d"}), &warn)
+	s.Sample()
+	s.Sample()
+	if st.Ticks() != 2 || st.Points() != 3 {
+		t.Errorf("%d ticks, %d points; want the second tick stored without g: 2 ticks, 3 points", st.Ticks(), st.Points())
+	}
+	if w := warn.String(); !strings.Contains(w, "metric g changed type") || strings.Contains(w, "lost") {
+		t.Errorf("warning %q: want what was left out, not that samples are lost", w)
+	}
+	s.Sample() // the same warning is not repeated
+	if n := strings.Count(warn.String(), "\n"); n != 1 {
+		t.Errorf("%d warning lines, want 1: %q", n, warn.String())
+	}
+
+	st.Close() // writes to the spool now fail
+	s.Sample()
+	if !strings.Contains(warn.String(), "later samples are lost") {
+		t.Errorf("spool failure: warning %q", warn.String())
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -263,6 +264,7 @@ func (s *Store) forPoints(rec []byte, fn func(ts int64, si int, vals []byte) err
 func (s *Store) exportFamily(w io.Writer, format Format, fam *family, scratch scratch, offsets []int64, r *bufio.Reader) error {
 	first := true
 	var out bytes.Buffer
+	var tsBuf []byte
 	for _, si := range fam.series {
 		se := s.series[si]
 		r.Reset(io.NewSectionReader(scratch, offsets[si], int64(se.points)*pointSize(se)))
@@ -292,12 +294,71 @@ func (s *Store) exportFamily(w io.Writer, format Format, fam *family, scratch sc
 				b = dropComments(b)
 			}
 			first = false
+			if format == OpenMetrics {
+				if b, err = plainTimestamps(tsBuf[:0], b); err != nil {
+					return fmt.Errorf("store: encode %s: %w", fam.name, err)
+				}
+				tsBuf = b
+			}
 			if _, err := w.Write(b); err != nil {
 				return fmt.Errorf("store: write metrics file: %w", err)
 			}
 		}
 	}
 	return nil
+}
+
+// plainTimestamps appends text to dst with every sample line's timestamp
+// rewritten from expfmt's exponent notation (1.795619801704e+09) to a plain
+// decimal (1795619801.704): some readers (Python's prometheus_client 0.16)
+// read the exponent form as 1 s and a fraction. The timestamp is the last
+// field of a sample line; expfmt wrote it as ms/1000 in shortest form, so
+// rounding it times 1000 gives back the exact millisecond.
+func plainTimestamps(dst, text []byte) ([]byte, error) {
+	for len(text) > 0 {
+		line := text
+		if i := bytes.IndexByte(text, '\n'); i >= 0 {
+			line = text[:i]
+			text = text[i+1:]
+		} else {
+			text = nil
+		}
+		sp := bytes.LastIndexByte(line, ' ')
+		if len(line) == 0 || line[0] == '#' || sp < 0 {
+			dst = append(append(dst, line...), '\n')
+			continue
+		}
+		sec, err := strconv.ParseFloat(string(line[sp+1:]), 64)
+		if err != nil {
+			return nil, fmt.Errorf("timestamp of %q: %w", line, err)
+		}
+		dst = append(dst, line[:sp+1]...)
+		dst = AppendTimestamp(dst, int64(math.Round(sec*1000)))
+		dst = append(dst, '\n')
+	}
+	return dst, nil
+}
+
+// AppendTimestamp appends ms as OpenMetrics seconds in plain decimal with
+// only the digits needed: 1795619801.704, 1795619801.7, 1795619801,
+// -0.005, -1.5.
+func AppendTimestamp(dst []byte, ms int64) []byte {
+	u := uint64(ms) // two's complement: right for math.MinInt64 too
+	if ms < 0 {
+		dst = append(dst, '-')
+		u = -u
+	}
+	dst = strconv.AppendUint(dst, u/1000, 10)
+	frac := u % 1000
+	if frac == 0 {
+		return dst
+	}
+	digits := [3]byte{byte('0' + frac/100), byte('0' + frac/10%10), byte('0' + frac%10)}
+	n := 3
+	for digits[n-1] == '0' {
+		n--
+	}
+	return append(append(dst, '.'), digits[:n]...)
 }
 
 // dropComments removes the leading # HELP / # TYPE lines of a family's

@@ -11,6 +11,7 @@ package store
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -164,17 +165,30 @@ func (s *Store) Ticks() int { return s.ticks }
 // after an error keep the in-memory index consistent but write nothing.
 func (s *Store) Err() error { return s.err }
 
+// ErrRejected marks an Append error about some metrics only: their
+// samples were left out, the rest of the tick is stored, and later ticks
+// are not affected.
+var ErrRejected = errors.New("its samples are not recorded")
+
 // Append stores one sample of every metric in mfs at timestamp tsMs.
 // A point whose timestamp is not after its series' previous point is
-// dropped: timestamps of a series only increase.
+// dropped: timestamps of a series only increase. A family the store cannot
+// take (a type that changed, or is not supported) is left out and reported
+// with an error wrapping ErrRejected, after the rest of the tick is stored;
+// any other error is the spool's, and then this and later ticks are lost.
 func (s *Store) Append(tsMs int64, mfs []*dto.MetricFamily) error {
 	tick := binary.AppendVarint([]byte{recTick}, tsMs)
 	count := 0
 	var body []byte
+	var rejected []error
 	for _, mf := range mfs {
 		fi, err := s.familyFor(mf)
 		if err != nil {
-			return err
+			// Skip the family before any of its series is counted: a
+			// point counted but not written would be exported as a
+			// phantom "0 0" sample.
+			rejected = append(rejected, err)
+			continue
 		}
 		for _, m := range mf.Metric {
 			si := s.seriesFor(fi, mf, m)
@@ -199,7 +213,10 @@ func (s *Store) Append(tsMs int64, mfs []*dto.MetricFamily) error {
 	tick = append(tick, body...)
 	s.ticks++
 	s.writeRecord(tick)
-	return s.flush()
+	if err := s.flush(); err != nil {
+		return err
+	}
+	return errors.Join(rejected...)
 }
 
 // Shift moves every tick stored so far by deltaMs on the time axis; later
@@ -240,14 +257,15 @@ func (s *Store) familyFor(mf *dto.MetricFamily) (int, error) {
 	name := mf.GetName()
 	if fi, ok := s.famIndex[name]; ok {
 		if s.families[fi].typ != mf.GetType() {
-			return 0, fmt.Errorf("store: metric %s changed type", name)
+			return 0, fmt.Errorf("store: metric %s changed type from %s to %s: %w",
+				name, s.families[fi].typ, mf.GetType(), ErrRejected)
 		}
 		return fi, nil
 	}
 	switch mf.GetType() {
 	case dto.MetricType_COUNTER, dto.MetricType_GAUGE, dto.MetricType_UNTYPED, dto.MetricType_HISTOGRAM:
 	default:
-		return 0, fmt.Errorf("store: metric %s: type %s not supported", name, mf.GetType())
+		return 0, fmt.Errorf("store: metric %s: type %s not supported: %w", name, mf.GetType(), ErrRejected)
 	}
 	fi := len(s.families)
 	s.families = append(s.families, &family{name: name, help: mf.GetHelp(), typ: mf.GetType()})
@@ -272,13 +290,33 @@ func seriesKey(fi int, labels []*dto.LabelPair) string {
 	return b.String()
 }
 
+// nonEmpty returns labels without those whose value is empty: in
+// Prometheus an empty label is an absent one, and VictoriaMetrics and
+// promtool drop it on import, so writing it would make the file disagree
+// with every database it is loaded into.
+func nonEmpty(labels []*dto.LabelPair) []*dto.LabelPair {
+	for i, l := range labels {
+		if l.GetValue() == "" {
+			kept := append([]*dto.LabelPair(nil), labels[:i]...)
+			for _, l := range labels[i+1:] {
+				if l.GetValue() != "" {
+					kept = append(kept, l)
+				}
+			}
+			return kept
+		}
+	}
+	return labels
+}
+
 func (s *Store) seriesFor(fi int, mf *dto.MetricFamily, m *dto.Metric) int {
-	key := seriesKey(fi, m.Label)
+	labels := nonEmpty(m.Label)
+	key := seriesKey(fi, labels)
 	if si, ok := s.serIndex[key]; ok {
 		return si
 	}
 	se := &series{family: fi, nvals: 1}
-	for _, l := range m.Label {
+	for _, l := range labels {
 		se.labels = append(se.labels, &dto.LabelPair{Name: ptr(l.GetName()), Value: ptr(l.GetValue())})
 	}
 	if mf.GetType() == dto.MetricType_HISTOGRAM {
@@ -413,12 +451,19 @@ func (rr *recordReader) next() ([]byte, error) {
 	if _, err := io.ReadFull(rr.r, crc[:]); err != nil {
 		return nil, errTorn
 	}
-	if cap(rr.buf) < int(n) {
-		rr.buf = make([]byte, n)
-	}
-	rr.buf = rr.buf[:n]
-	if _, err := io.ReadFull(rr.r, rr.buf); err != nil {
-		return nil, errTorn
+	if n <= uint64(cap(rr.buf)) {
+		rr.buf = rr.buf[:n]
+		if _, err := io.ReadFull(rr.r, rr.buf); err != nil {
+			return nil, errTorn
+		}
+	} else {
+		// Grow with the bytes that are really there: a corrupt length
+		// in a short file must not cost maxRecord of memory.
+		b := bytes.NewBuffer(rr.buf[:0])
+		if _, err := io.CopyN(b, rr.r, int64(n)); err != nil {
+			return nil, errTorn
+		}
+		rr.buf = b.Bytes()
 	}
 	if crc32.ChecksumIEEE(rr.buf) != binary.LittleEndian.Uint32(crc[:]) {
 		return nil, errTorn

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -107,7 +108,7 @@ func TestRoundTripOpenMetrics(t *testing.T) {
 	if n := strings.Count(text, "# TYPE temp gauge"); n != 1 {
 		t.Fatalf("TYPE of temp written %d times", n)
 	}
-	if !strings.Contains(text, `bytes_total{if="lo"} 200.0 1.704067202002e+09`) {
+	if !strings.Contains(text, `bytes_total{if="lo"} 200.0 1704067202.002`) {
 		t.Fatalf("missing exact counter line:\n%s", text)
 	}
 	fams := decode(t, buf.Bytes(), expfmt.NewFormat(expfmt.TypeOpenMetrics))
@@ -129,11 +130,11 @@ func TestRoundTripOpenMetrics(t *testing.T) {
 	}
 	// expfmt's parser merges a histogram's points, so check the lines.
 	for _, line := range []string{
-		`lat_seconds_bucket{le="0.01"} 2 1.704067202002e+09`,
-		`lat_seconds_bucket{le="+Inf"} 6 1.704067202002e+09`,
-		`lat_seconds_sum 1.0 1.704067202002e+09`,
-		`lat_seconds_count 6 1.704067202002e+09`,
-		`lat_seconds_count 3 1.704067201001e+09`,
+		`lat_seconds_bucket{le="0.01"} 2 1704067202.002`,
+		`lat_seconds_bucket{le="+Inf"} 6 1704067202.002`,
+		`lat_seconds_sum 1.0 1704067202.002`,
+		`lat_seconds_count 6 1704067202.002`,
+		`lat_seconds_count 3 1704067201.001`,
 	} {
 		if !strings.Contains(text, line+"\n") {
 			t.Errorf("missing histogram line %q", line)
@@ -428,4 +429,137 @@ func TestShiftMovesEarlierTicksAlsoAfterRecovery(t *testing.T) {
 	if !strings.HasSuffix(buf.String(), "c_total 1 10000\n") {
 		t.Fatalf("version 1 export:\n%s", buf.String())
 	}
+}
+
+// TestTimestampsPlainDecimal: OpenMetrics timestamps are plain decimals
+// with only the digits needed (Python's prometheus_client 0.16 reads the
+// exponent form 1.704067200607e+09 as 1 s and a fraction), for any
+// millisecond value, negative ones included.
+func TestTimestampsPlainDecimal(t *testing.T) {
+	for ms, want := range map[int64]string{
+		1795619801704: "1795619801.704", 1795619801700: "1795619801.7", 1795619801000: "1795619801",
+		1795619801010: "1795619801.01", 1795619801001: "1795619801.001", 0: "0", 1: "0.001", 999: "0.999",
+		-1: "-0.001", -5: "-0.005", -1500: "-1.5", -1000: "-1", -1704067200123: "-1704067200.123",
+		math.MaxInt64: "9223372036854775.807", math.MinInt64: "-9223372036854775.808",
+	} {
+		if got := string(AppendTimestamp([]byte("x "), ms)); got != "x "+want {
+			t.Errorf("AppendTimestamp(%d) = %q, want %q", ms, got, "x "+want)
+		}
+	}
+	// Through the exporter: every sample line of every type.
+	s := newTestStore(t)
+	for _, ts := range []int64{-1500, -5, 0, 1704067200000, 1704067200120, 1704067200607} {
+		if err := s.Append(ts, []*dto.MetricFamily{counterFam("c_total", 1), gaugeFam("g", map[string]float64{"a": 2}), histFam(1, 1, 0, 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	if err := s.Export(&buf, OpenMetrics); err != nil {
+		t.Fatal(err)
+	}
+	wantTs := []string{"-1.5", "-0.005", "0", "1704067200", "1704067200.12", "1704067200.607"}
+	seen := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		fields := strings.Fields(line)
+		seen[fields[len(fields)-1]]++
+	}
+	// c_total, g and the histogram's 2 buckets, +Inf, _sum and _count: 7
+	// lines an instant.
+	for _, ts := range wantTs {
+		if seen[ts] != 7 {
+			t.Errorf("%d lines with timestamp %s, want 7:\n%s", seen[ts], ts, buf.String())
+		}
+	}
+	if len(seen) != len(wantTs) {
+		t.Errorf("timestamps %v, want %v", seen, wantTs)
+	}
+}
+
+// TestEmptyLabelsOmitted: a label with an empty value is absent
+// (Prometheus semantics; VictoriaMetrics and promtool drop it), so the
+// file does not carry it, and the series with and without it are one.
+func TestEmptyLabelsOmitted(t *testing.T) {
+	s := newTestStore(t)
+	for i, labels := range [][]*dto.LabelPair{
+		{lp("empty", ""), lp("if", "lo"), lp("z", "")},
+		{lp("if", "lo")},
+		{lp("empty", ""), lp("if", "lo")},
+	} {
+		if err := s.Append(1704067200000+int64(i), []*dto.MetricFamily{counterFam("c_total", float64(i), labels...)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.Series() != 1 || s.Points() != 3 {
+		t.Fatalf("%d series, %d points; want 1 series of 3 points", s.Series(), s.Points())
+	}
+	for _, format := range []Format{OpenMetrics, Prometheus} {
+		var buf bytes.Buffer
+		if err := s.Export(&buf, format); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(buf.String(), `""`) || strings.Count(buf.String(), `c_total{if="lo"} `) != 3 {
+			t.Errorf("format %d: want 3 samples of c_total{if=\"lo\"} and no empty label:\n%s", format, buf.String())
+		}
+	}
+	// Recovery reads the spool the same way.
+	r, _, err := Open(s.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Series() != 1 || r.Points() != 3 {
+		t.Errorf("recovered %d series, %d points", r.Series(), r.Points())
+	}
+}
+
+// TestRejectedFamilyLeavesNoPhantom: a family the store cannot take (here
+// a gauge that turns into a counter) is left out of its tick, and only it:
+// no other series gets a point counted but never written, which the export
+// used to show as a "… 0 0" sample at timestamp 0.
+func TestRejectedFamilyLeavesNoPhantom(t *testing.T) {
+	s := newTestStore(t)
+	if err := s.Append(1704067200000, []*dto.MetricFamily{counterFam("a_total", 1), gaugeFam("g", map[string]float64{"a": 1})}); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Append(1704067201000, []*dto.MetricFamily{counterFam("a_total", 2), counterFam("g", 5), gaugeFam("h", map[string]float64{"a": 3})})
+	if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "metric g changed type from GAUGE to COUNTER") {
+		t.Errorf("Append with a changed type: %v, want ErrRejected naming g", err)
+	}
+	if err := s.Append(1704067202000, []*dto.MetricFamily{counterFam("a_total", 3), gaugeFam("g", map[string]float64{"a": 4})}); err != nil {
+		t.Fatalf("the tick after: %v", err)
+	}
+	want := map[string][]string{
+		"a_total":  {"1.0 1704067200", "2.0 1704067201", "3.0 1704067202"},
+		`g{k="a"}`: {"1.0 1704067200", "4.0 1704067202"},
+		`h{k="a"}`: {"3.0 1704067201"},
+	}
+	check := func(what string, st *Store) {
+		t.Helper()
+		if st.Points() != 6 || st.Ticks() != 3 {
+			t.Errorf("%s: %d points in %d ticks, want 6 in 3", what, st.Points(), st.Ticks())
+		}
+		var buf bytes.Buffer
+		if err := st.Export(&buf, OpenMetrics); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string][]string{}
+		for _, line := range strings.Split(buf.String(), "\n") {
+			if line == "" || line[0] == '#' {
+				continue
+			}
+			series, point, _ := strings.Cut(line, " ")
+			got[series] = append(got[series], point)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: exported %v, want %v:\n%s", what, got, want, buf.String())
+		}
+	}
+	check("store", s)
+	r, rec, err := Open(s.Path())
+	if err != nil || rec.Torn {
+		t.Fatalf("Open: %v, %+v", err, rec)
+	}
+	check("recovered", r)
 }

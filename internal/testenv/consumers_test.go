@@ -13,17 +13,17 @@ import (
 )
 
 // 3 series x 5 points around 2024-01-01 (1704067200 s), written the way
-// expfmt writes OpenMetrics (exponent timestamps, "1.0"-style values)
-// mixed with plain decimals. Values have at most 12 significant digits:
+// statexec writes OpenMetrics (plain decimal timestamps, "1.0"-style and
+// exponent values). Values have at most 12 significant digits:
 // VictoriaMetrics 1.79 stores floats as decimals and rounds beyond that
 // (1.2345678901234567 reads back as 1.234567890123).
 const consumersOM = `# HELP statexec_test_cpu_seconds CPU time of the command.
 # TYPE statexec_test_cpu_seconds counter
-statexec_test_cpu_seconds_total{mode="user"} 0.0 1.7040672e+09
-statexec_test_cpu_seconds_total{mode="user"} 0.25 1.70406720025e+09
-statexec_test_cpu_seconds_total{mode="user"} 1.0 1.7040672005e+09
-statexec_test_cpu_seconds_total{mode="user"} 1.5 1.704067201001e+09
-statexec_test_cpu_seconds_total{mode="user"} 123456.789 1.704067202e+09
+statexec_test_cpu_seconds_total{mode="user"} 0.0 1704067200
+statexec_test_cpu_seconds_total{mode="user"} 0.25 1704067200.25
+statexec_test_cpu_seconds_total{mode="user"} 1.0 1704067200.5
+statexec_test_cpu_seconds_total{mode="user"} 1.5 1704067201.001
+statexec_test_cpu_seconds_total{mode="user"} 123456.789 1704067202
 # HELP statexec_test_memory_bytes Resident memory.
 # TYPE statexec_test_memory_bytes gauge
 statexec_test_memory_bytes{cmd="sh -c \"echo a\\b\"\nx",host="h1"} 1.048576e+06 1704067200
@@ -202,6 +202,36 @@ func TestPromtoolBackfill(t *testing.T) {
 	ooo = strings.Replace(ooo, "0.001 1704067200\n", "0.001 1704067300\n", 1)
 	if n := PromtoolBackfill(t, writeTemp(t, ooo)); n != 13 {
 		t.Errorf("out of order: %d samples, want 13 (promtool drops them)", n)
+	}
+}
+
+func TestPythonParse(t *testing.T) {
+	got := map[string][]point{}
+	for _, s := range PythonParse(t, writeTemp(t, consumersOM)) {
+		if !s.Exact {
+			t.Errorf("%s: timestamp %s is not a whole millisecond", s.Name, s.Raw)
+		}
+		k := seriesKey(s.Name, s.Labels)
+		got[k] = append(got[k], point{s.TimestampMs, s.Value})
+	}
+	for _, pts := range got { // per instant: grouped by timestamp, not series
+		sort.Slice(pts, func(i, j int) bool { return pts[i].ts < pts[j].ts })
+	}
+	checkSeries(t, "python prometheus_client", got)
+
+	// Why statexec writes plain decimals: this parser reads
+	// 1.7040672005e+09 as 1 s + 0.704067200 s.
+	exp := strings.Replace(consumersOM, "1.0 1704067200.5\n", "1.0 1.7040672005e+09\n", 1)
+	for _, s := range PythonParse(t, writeTemp(t, exp)) {
+		if s.Value == 1 && s.Name == "statexec_test_cpu_seconds_total" && s.Raw != "1065042/625" {
+			t.Errorf("exponent timestamp read as %s ms, not 1704.0672 (1065042/625) ms: the parser's bug is gone?", s.Raw)
+		}
+	}
+
+	// A file the parser rejects fails the test.
+	r := runFake(t, func(tb testing.TB) { PythonParse(tb, writeTemp(t, "# TYPE g gauge\ng{ 1\n# EOF\n")) })
+	if !r.failed || !strings.Contains(r.msg, "rejected") {
+		t.Errorf("bad file: failed=%v msg=%q", r.failed, r.msg)
 	}
 }
 

@@ -1,8 +1,11 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
+	"regexp"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/statexec/statexec/internal/metricsfile"
@@ -38,10 +41,13 @@ type Sample struct {
 // test on the first problem. The format is OpenMetrics text if the file has a
 // `# EOF` line, Prometheus 0.0.4 text otherwise. Checked (see metricsfile):
 //   - OpenMetrics: the last line is `# EOF` (trailing newline optional) and
-//     nothing follows; timestamps are seconds (decimal or exponent notation,
-//     at most millisecond precision, below 1e11 so they are not
-//     milliseconds); no comment lines other than HELP/TYPE/UNIT (promtool
-//     rejects them); no exemplars.
+//     nothing follows; timestamps are seconds as plain decimals with only
+//     the digits needed (1704067200.12, not 1.70406720012e+09, which
+//     Python's prometheus_client misreads, nor 1704067200.120: checked here,
+//     on top of metricsfile, which reads both for older files), at most
+//     millisecond precision, below 1e11 so they are not milliseconds); no
+//     comment lines other than HELP/TYPE/UNIT (promtool rejects them); no
+//     exemplars.
 //   - 0.0.4: every line ends with a newline; timestamps are integer
 //     milliseconds >= 2^31 (VictoriaMetrics reads smaller ones as seconds);
 //     plain comment lines are allowed (the format allows them).
@@ -51,7 +57,9 @@ type Sample struct {
 //     to its type (OpenMetrics counter `# TYPE foo counter` + `foo_total` /
 //     `foo_created`; histogram `_bucket` with `le`, `_sum`, `_count`,
 //     OpenMetrics `_created`; summary with `quantile`...); every sample has a
-//     timestamp; label values use only the escapes \\ \" \n and are UTF-8;
+//     timestamp; label values use only the escapes \\ \" \n, are UTF-8
+//     and are not empty (readers drop empty labels: empty means absent;
+//     checked here, metricsfile accepts them);
 //     no duplicate label names; per series (name + labels) timestamps are
 //     strictly increasing.
 func ParseFile(t testing.TB, path string) *File {
@@ -135,6 +143,9 @@ func parse(data []byte) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkStatexecForm(data, mf); err != nil {
+		return nil, err
+	}
 	f := &File{OpenMetrics: mf.OpenMetrics, Samples: make([]Sample, 0, len(mf.Order))}
 	for _, fam := range mf.Families {
 		f.Families = append(f.Families, Family(fam))
@@ -145,4 +156,35 @@ func parse(data []byte) (*File, error) {
 		f.Samples = append(f.Samples, Sample{Name: s.Name, Labels: s.Labels, Value: p.Value, TimestampMs: p.TimestampMs})
 	}
 	return f, nil
+}
+
+// omTimestampRE is a plain decimal without needless digits: no exponent,
+// no leading zeros, no trailing zeros in the fraction.
+var omTimestampRE = regexp.MustCompile(`^-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?$`)
+
+// checkStatexecForm holds what statexec writes to more than the file
+// format asks (metricsfile reads older files too): no empty label value,
+// and OpenMetrics timestamps in plain decimal with only the digits needed.
+func checkStatexecForm(data []byte, mf *metricsfile.File) error {
+	for _, s := range mf.Series {
+		for k, v := range s.Labels {
+			if v == "" {
+				return fmt.Errorf("%s: label %q: empty value (VictoriaMetrics and promtool drop it: empty means absent)", s.Name, k)
+			}
+		}
+	}
+	if !mf.OpenMetrics {
+		return nil
+	}
+	for n, l := range strings.Split(string(data), "\n") {
+		if l == "" || l[0] == '#' {
+			continue
+		}
+		f := strings.Fields(l)
+		ts := f[len(f)-1]
+		if !omTimestampRE.MatchString(ts) || ts == "-0" {
+			return fmt.Errorf("line %d: timestamp %q is not a plain decimal with only the digits needed, like 1704067200.12 (Python's prometheus_client reads 1.70406720012e+09 as 1 s and a fraction)", n+1, ts)
+		}
+	}
+	return nil
 }

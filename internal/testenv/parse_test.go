@@ -12,16 +12,16 @@ import (
 const goodOM = `# HELP statexec_cpu_seconds CPU time \\ "used"\nsecond line.
 # TYPE statexec_cpu_seconds counter
 # UNIT statexec_cpu_seconds seconds
-statexec_cpu_seconds_total{mode="user"} 1.0 1.7040672e+09
-statexec_cpu_seconds_total{mode="user"} 2.5 1.7040672005e+09
-statexec_cpu_seconds_total{mode="system"} 0.0 1.7040672e+09
-statexec_cpu_seconds_created{mode="user"} 1.7040671e+09 1.7040672e+09
-statexec_cpu_seconds_total{mode="user"} 3.0 1.704067201123e+09
+statexec_cpu_seconds_total{mode="user"} 1.0 1704067200
+statexec_cpu_seconds_total{mode="user"} 2.5 1704067200.5
+statexec_cpu_seconds_total{mode="system"} 0.0 1704067200
+statexec_cpu_seconds_created{mode="user"} 1.7040671e+09 1704067200
+statexec_cpu_seconds_total{mode="user"} 3.0 1704067201.123
 # HELP mem_bytes Memory.
 # TYPE mem_bytes gauge
-mem_bytes{cmd="a \\ b \"q\" \n c",x=""} 123 1704067200.001
-mem_bytes{cmd="a \\ b \"q\" \n c",x=""} NaN 1704067201
-mem_bytes{cmd="a \\ b \"q\" \n c",x=""} +Inf 1704067202
+mem_bytes{cmd="a \\ b \"q\" \n c",x="y"} 123 1704067200.001
+mem_bytes{cmd="a \\ b \"q\" \n c",x="y"} NaN 1704067201
+mem_bytes{cmd="a \\ b \"q\" \n c",x="y"} +Inf 1704067202
 mem_bytes{} -1.5e-3 1704067200
 # HELP lat Latency.
 # TYPE lat histogram
@@ -102,7 +102,7 @@ func TestParseFileOpenMetrics(t *testing.T) {
 	if len(mem) != 3 {
 		t.Fatalf("mem series (escaped label): %+v", mem)
 	}
-	if mem[0].TimestampMs != 1704067200001 || mem[0].Value != 123 || mem[0].Labels["x"] != "" {
+	if mem[0].TimestampMs != 1704067200001 || mem[0].Value != 123 || mem[0].Labels["x"] != "y" {
 		t.Errorf("mem[0] = %+v", mem[0])
 	}
 	if !math.IsNaN(mem[1].Value) || !math.IsInf(mem[2].Value, 1) {
@@ -213,6 +213,10 @@ func TestParseFileBad(t *testing.T) {
 		{"ms timestamp in OpenMetrics", omHead + "g 1 1704067200000\n# EOF\n", "milliseconds"},
 		{"sub-ms timestamp", omHead + "g 1 1704067200.0001\n# EOF\n", "sub-millisecond"},
 		{"bad OM timestamp", omHead + "g 1 NaN\n# EOF\n", "invalid timestamp"},
+		{"exponent timestamp", omHead + "g 1 1.70406720012e+09\n# EOF\n", "plain decimal"},
+		{"needless zero in timestamp", omHead + "g 1 1704067200.120\n# EOF\n", "plain decimal"},
+		{"needless point in timestamp", omHead + "g 1 1704067200.\n# EOF\n", "plain decimal"},
+		{"leading zero in timestamp", omHead + "g 1 01704067200\n# EOF\n", "plain decimal"},
 		{"float timestamp in 0.0.4", promHead + "g 1 1704067200.5\n", "integer milliseconds"},
 		{"seconds in 0.0.4", promHead + "g 1 1704067200\n", "read it as seconds"},
 
@@ -229,6 +233,7 @@ func TestParseFileBad(t *testing.T) {
 		{"bad label escape", omHead + "g{a=\"x\\ty\"} 1 1704067200\n# EOF\n", "invalid escape"},
 		{"unterminated label value", omHead + "g{a=\"xy} 1 1704067200\n# EOF\n", "unterminated"},
 		{"lone backslash at end", omHead + "g{a=\"x\\\n# EOF\n", "unterminated"},
+		{"empty label value", omHead + "g{a=\"\"} 1 1704067200\n# EOF\n", "empty value"},
 		{"duplicate label", omHead + "g{a=\"1\",a=\"2\"} 1 1704067200\n# EOF\n", "duplicate label"},
 		{"trailing comma", omHead + "g{a=\"1\",} 1 1704067200\n# EOF\n", "trailing comma"},
 		{"unquoted label value", omHead + "g{a=1} 1 1704067200\n# EOF\n", "expected =\""},

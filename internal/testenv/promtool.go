@@ -44,11 +44,16 @@ func runPromtool(t testing.TB, stdin []byte, args ...string) (string, error) {
 // promtool 2.42 silently drops out-of-order samples of a series and keeps one
 // of duplicate ones, so compare the result with the number of samples in the
 // file to detect that. `_created` lines count as samples.
-//
-// The count comes from `promtool tsdb dump` (one line per sample; 2.42's dump
-// needs a wal/ directory, which is created) and is cross-checked with the
-// NUM SAMPLES column of `promtool tsdb list`.
 func PromtoolBackfill(t testing.TB, path string) int {
+	t.Helper()
+	return len(PromtoolSamples(t, path))
+}
+
+// PromtoolSamples backfills path as PromtoolBackfill does and returns every
+// sample of the created blocks, as `promtool tsdb dump` prints them (2.42's
+// dump needs a wal/ directory, which is created). Their number is
+// cross-checked with the NUM SAMPLES column of `promtool tsdb list`.
+func PromtoolSamples(t testing.TB, path string) []Sample {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "blocks")
 	out, err := runPromtool(t, nil, "tsdb", "create-blocks-from", "openmetrics", path, dir)
@@ -62,11 +67,16 @@ func PromtoolBackfill(t testing.TB, path string) int {
 	if err != nil {
 		t.Fatalf("promtool tsdb dump %s failed: %v\n%s", dir, err, tail(dump, 20))
 	}
-	dumped := 0
+	var samples []Sample
 	for _, l := range strings.Split(dump, "\n") {
-		if strings.HasPrefix(l, "{") {
-			dumped++
+		if !strings.HasPrefix(l, "{") {
+			continue
 		}
+		s, err := parseDumpLine(l)
+		if err != nil {
+			t.Fatalf("promtool tsdb dump: %v", err)
+		}
+		samples = append(samples, s)
 	}
 	list, err := runPromtool(t, nil, "tsdb", "list", dir)
 	if err != nil {
@@ -76,10 +86,47 @@ func PromtoolBackfill(t testing.TB, path string) int {
 	if err != nil {
 		t.Fatalf("promtool tsdb list %s: %v\n%s", dir, err, list)
 	}
-	if listed != dumped {
-		t.Fatalf("promtool: tsdb list says %d samples but tsdb dump printed %d", listed, dumped)
+	if listed != len(samples) {
+		t.Fatalf("promtool: tsdb list says %d samples but tsdb dump printed %d", listed, len(samples))
 	}
-	return dumped
+	return samples
+}
+
+// parseDumpLine reads one line of `promtool tsdb dump`:
+// {__name__="x", k="v"} value timestamp_ms, label values Go-quoted.
+func parseDumpLine(l string) (Sample, error) {
+	s := Sample{Labels: map[string]string{}}
+	rest := l[1:]
+	for !strings.HasPrefix(rest, "}") {
+		rest = strings.TrimPrefix(rest, ", ")
+		name, after, ok := strings.Cut(rest, "=")
+		if !ok {
+			return s, fmt.Errorf("no = in %q", l)
+		}
+		q, err := strconv.QuotedPrefix(after)
+		if err != nil {
+			return s, fmt.Errorf("label %s in %q: %v", name, l, err)
+		}
+		v, _ := strconv.Unquote(q)
+		if name == "__name__" {
+			s.Name = v
+		} else {
+			s.Labels[name] = v
+		}
+		rest = after[len(q):]
+	}
+	f := strings.Fields(rest[1:])
+	if len(f) != 2 {
+		return s, fmt.Errorf("want value and timestamp after the labels in %q", l)
+	}
+	var err error
+	if s.Value, err = strconv.ParseFloat(f[0], 64); err != nil {
+		return s, fmt.Errorf("value in %q: %v", l, err)
+	}
+	if s.TimestampMs, err = strconv.ParseInt(f[1], 10, 64); err != nil {
+		return s, fmt.Errorf("timestamp in %q: %v", l, err)
+	}
+	return s, nil
 }
 
 // sumListedSamples adds up the NUM SAMPLES column of `promtool tsdb list`.

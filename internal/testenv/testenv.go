@@ -12,7 +12,6 @@
 package testenv
 
 import (
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,11 +75,4 @@ func Bin(t testing.TB, name string) string {
 		t.Fatalf("%s: %v", name, err)
 	}
 	return p
-}
-
-// errorsAsExit returns the *exec.ExitError inside err, if any.
-func errorsAsExit(err error) (*exec.ExitError, bool) {
-	var ee *exec.ExitError
-	ok := errors.As(err, &ee)
-	return ee, ok
 }
