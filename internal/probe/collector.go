@@ -39,9 +39,10 @@ func newCollector(s *Session) *collector {
 	c := &collector{
 		s:    s,
 		info: d("statexec_probe_info", "Which probe backend measured the command's process tree (ebpf or plain).", "backend"),
-		// The host collectors emit the same family with their own
-		// collector label: name, help and labels must match theirs.
-		success: d("statexec_collector_success", "Whether the collector's last collection succeeded (1) or failed (0).", "collector"),
+		// The host collectors emit the same family, each with its own
+		// collector label as a constant label: name, help and label
+		// kind must match theirs, or the registry refuses the pair.
+		success: prometheus.NewDesc("statexec_collector_success", "Whether the collector's last collection succeeded (1) or failed (0).", nil, withLabel(l, "collector", "probe")),
 
 		cpu:       d("statexec_process_cpu_seconds_total", "CPU time of the command's process tree, exited processes included, by mode (cgroup cpu.stat or /proc).", "mode"),
 		rss:       d("statexec_process_memory_rss_bytes", "Resident set size summed over the live processes of the command's tree."),
@@ -64,6 +65,15 @@ func newCollector(s *Session) *collector {
 		c.forks = d("statexec_process_forks_total", "Tasks (processes and threads) created in the command's tree, the command itself included.")
 	}
 	return c
+}
+
+// withLabel returns l plus one more label, leaving l as it is.
+func withLabel(l prometheus.Labels, name, value string) prometheus.Labels {
+	out := prometheus.Labels{name: value}
+	for k, v := range l {
+		out[k] = v
+	}
+	return out
 }
 
 func (c *collector) descs() []*prometheus.Desc {
@@ -102,7 +112,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if snap.err != nil {
 		success = 0
 	}
-	gauge(c.success, success, "probe")
+	gauge(c.success, success)
 	counter(c.cpu, p.userSec, "user")
 	counter(c.cpu, p.sysSec, "system")
 	gauge(c.rss, float64(p.rss))
