@@ -1,10 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/statexec/statexec/internal/testenv"
 )
 
 // copyExample copies example/statexec_metrics.txt into dir.
@@ -89,9 +92,11 @@ func TestReportDefaultOutputTextAndClashingRuns(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("--text: exit %d: %s", r.code, r.stderr)
 	}
-	// The example's command ran 5.526 s (statexec_command_status 0->1 at
-	// 1795599466.918, 1->2 at 1795599472.444); the same file twice is 1.00x.
-	for _, want := range []string{"wall time", "5.526 s", "1.00×", a, b, "run 2 / run 1"} {
+	// The wall time is the span of statexec_command_status at 1 up to its
+	// first 2, read from the file itself (example/ is regenerated now and
+	// then); the same file twice is 1.00x.
+	wall := commandWallTime(t, a)
+	for _, want := range []string{"wall time", wall, "1.00×", a, b, "run 2 / run 1"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Fatalf("--text output lacks %q:\n%s", want, r.stdout)
 		}
@@ -124,4 +129,24 @@ func TestReportAtTheEndOfARun(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("the command ran although the report path was bad")
 	}
+}
+
+// commandWallTime is the command's run time in a metrics file, from the
+// first sample of statexec_command_status at 1 to its first at 2, as the
+// report prints it.
+func commandWallTime(t *testing.T, path string) string {
+	t.Helper()
+	var started, ended int64 = -1, -1
+	for _, s := range testenv.ParseFile(t, path).Series("statexec_command_status", nil) {
+		if s.Value == 1 && started < 0 {
+			started = s.TimestampMs
+		}
+		if s.Value == 2 && ended < 0 {
+			ended = s.TimestampMs
+		}
+	}
+	if started < 0 || ended < started {
+		t.Fatalf("%s: no command phase in statexec_command_status", path)
+	}
+	return fmt.Sprintf("%.3f s", float64(ended-started)/1000)
 }
