@@ -51,8 +51,10 @@ Flags (may also follow the mode, up to the command; they win over variables):
   -f, --file PATH            SE_METRICS_FILE              metrics file (/tmp/statexec_metrics.txt)
   -i, --instance NAME        SE_INSTANCE                  instance label (hostname)
   -l, --label KEY=VALUE      SE_LABEL_<KEY>=VALUE         extra label on every sample (repeatable)
-  -r, --time-relative MS     SE_TIME_RELATIVE             time origin in ms since the epoch (-1: now)
-      --wait-before SECONDS  SE_WAIT_TIME_BEFORE_COMMAND  record this long before the command (0)
+  -r, --time-relative MS     SE_TIME_RELATIVE             time origin in ms since the epoch (-1: now); in the
+                                                          wait*/sync* modes it is the sync instant's
+      --wait-before SECONDS  SE_WAIT_TIME_BEFORE_COMMAND  record this long before the command (0); in the
+                                                          wait*/sync* modes after the sync
       --wait-after SECONDS   SE_WAIT_TIME_AFTER_COMMAND   record this long after the command (0)
       --interval DURATION    SE_INTERVAL                  sampling interval, >= 10ms (1s)
       --format FORMAT        SE_METRICS_FORMAT            openmetrics or prometheus (openmetrics)
