@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/statexec/statexec/internal/metricsfile"
 	"github.com/statexec/statexec/internal/testenv"
 )
 
@@ -263,18 +264,7 @@ func checkVMHasEverySample(t *testing.T, vm *testenv.VM, f *testenv.File) {
 func checkPythonHasEverySample(t *testing.T, path string, f *testenv.File) {
 	t.Helper()
 	key := func(name string, labels map[string]string, ts int64, v float64) string {
-		keys := make([]string, 0, len(labels))
-		for k := range labels {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		var b strings.Builder
-		b.WriteString(name)
-		for _, k := range keys {
-			fmt.Fprintf(&b, ",%s=%q", k, labels[k])
-		}
-		fmt.Fprintf(&b, " %v@%d", v, ts)
-		return b.String()
+		return fmt.Sprintf("%s %v@%d", metricsfile.Key(name, labels), v, ts)
 	}
 	want := map[string]int{}
 	for _, s := range f.Samples {
