@@ -4,6 +4,7 @@ package report
 
 import (
 	"fmt"
+	"math"
 	"path/filepath"
 	"slices"
 )
@@ -127,6 +128,14 @@ func (rep *Report) panel(id, section, title, help, unit string, maxPoints int, l
 	}
 	if len(all) == 0 {
 		return Panel{}, false
+	}
+	// Every chart spans its runs' whole files: a rate has no point at the
+	// first sample, and the charts share one zoom, so without this frame
+	// (points with no value) the first chart's narrower range would hide
+	// the other charts' first samples.
+	for ri, r := range rep.Runs {
+		off := rep.offsets[ri]
+		all = append(all, line{ts: []int64{r.First - off, r.Last - off}, v: []float64{math.NaN(), math.NaN()}})
 	}
 	xs, cols := align(all, maxPoints)
 	p := Panel{ID: id, Section: section, Title: title, Help: help, Unit: unit, X: make([]float64, len(xs))}

@@ -158,6 +158,26 @@ func TestSummaryAndAxisOfTwoRuns(t *testing.T) {
 	}
 }
 
+// TestEveryPanelSpansTheWholeRun: the charts share one zoom, so a rate
+// panel (no point at the first sample) must not start later than a gauge
+// panel, or its range would hide the gauges' first samples.
+func TestEveryPanelSpansTheWholeRun(t *testing.T) {
+	dir := t.TempDir()
+	a := synthetic(t, dir, "a.txt", "standalone", 1_704_067_200_000, 1_704_067_201_000, 1_704_067_205_000, 1_704_067_206_000, 1000, 0.5)
+	runs, err := Load([]string{a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := Build(runs, MaxPoints)
+	// The command starts 1 s after the first sample and the file ends 1 s
+	// after the command's 4 s.
+	for _, p := range rep.Panels {
+		if len(p.X) == 0 || p.X[0] != -1 || p.X[len(p.X)-1] != 5 {
+			t.Errorf("panel %s spans %v, want -1 s .. 5 s", p.ID, p.X)
+		}
+	}
+}
+
 func panelByID(t *testing.T, rep *Report, id string) Panel {
 	t.Helper()
 	for _, p := range rep.Panels {
