@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -117,28 +116,41 @@ func (r *run) watchSignals() (stop func()) {
 // signalArrived reports whether one of the forwarded signals reached
 // statexec before now. The Go runtime takes a signal at once but hands
 // it to the channels a little later, from another goroutine, so a
-// /start right after a signal could otherwise beat it. The kernel
-// delivers a signal pending for the process, together with one sent to
-// the calling thread, before that thread goes on, and the runtime hands
-// out pending signals lowest number first: once settleSignal (above every
-// forwarded one) is out, every earlier signal is in r.arrived.
+// /start right after a signal could otherwise beat it. settleSignal is
+// sent to the whole process, not to this thread: the kernel dequeues a
+// thread's own signals before the process's, so a thread-directed one
+// could overtake a SIGINT still pending for the process, whereas among
+// the process's pending signals the lowest number goes first, and the
+// runtime hands out the signals it took lowest number first too. Once
+// settleSignal (above every forwarded one) is out, every earlier signal
+// is in r.arrived. Two rounds leave a thread that took a SIGINT at the
+// same moment as the first settleSignal the time to hand it over.
 func (r *run) signalArrived() bool {
+	for range 2 {
+		if len(r.arrived) > 0 {
+			return true
+		}
+		r.settle()
+	}
+	return len(r.arrived) > 0
+}
+
+// settle sends settleSignal to statexec and waits (at most 1 s) until the
+// runtime has handed it over.
+func (r *run) settle() {
 	select {
 	case <-r.settled:
 	default:
 	}
-	runtime.LockOSThread()
-	err := unix.Tgkill(unix.Getpid(), unix.Gettid(), settleSignal)
-	runtime.UnlockOSThread()
-	if err == nil {
-		t := time.NewTimer(time.Second)
-		select {
-		case <-r.settled:
-		case <-t.C:
-		}
-		t.Stop()
+	if err := unix.Kill(unix.Getpid(), settleSignal); err != nil {
+		return
 	}
-	return len(r.arrived) > 0
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-r.settled:
+	case <-t.C:
+	}
 }
 
 // onStart is the sync server's Start callback: /start came. It is the
