@@ -77,6 +77,31 @@ sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6g\n", a - b }'; }
 # row LABEL FILE [UNIT]: one printed line.
 row() { printf "  %-38s %s %s\n" "$1" "$(stats "$2")" "${3:-}"; }
 
+# paired FN UNIT UNDER RATIO runs `FN env` (bare) and `FN se MODE` for each
+# mode in turn, ROUNDS times, each printing one figure; then prints the
+# bare figures, each mode's (UNDER is a printf format for the mode) and
+# the per-pair ratio mode/bare.
+paired() {
+	local fn=$1 unit=$2 under=$3 ratio=$4 r m b v
+	: >"$TMP/$fn-bare"
+	for m in "${MODES[@]}"; do : >"$TMP/$fn-$m" && : >"$TMP/$fn-ratio-$m"; done
+	for ((r = 0; r < ROUNDS; r++)); do
+		b=$("$fn" env)
+		echo "$b" >>"$TMP/$fn-bare"
+		for m in "${MODES[@]}"; do
+			v=$("$fn" se "$m")
+			echo "$v" >>"$TMP/$fn-$m"
+			div "$v" "$b" >>"$TMP/$fn-ratio-$m"
+		done
+	done
+	row "bare" "$TMP/$fn-bare" "$unit"
+	for m in "${MODES[@]}"; do
+		# shellcheck disable=SC2059 # UNDER is the format
+		row "$(printf "$under" "$m")" "$TMP/$fn-$m" "$unit"
+		row "  $ratio, per pair" "$TMP/$fn-ratio-$m" x
+	done
+}
+
 # task_ns PID: CPU time (ns) of PID's threads so far, from schedstat
 # (exact; /proc/PID/stat counts 10 ms ticks).
 task_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%d\n", s }'; }
@@ -173,22 +198,7 @@ per_sample_cost 100ms "$CPU_SECS_100MS" 100ms
 if have perf; then
 	echo "== 2. perf bench sched pipe -l $PIPE_LOOPS on CPU $PIN_CPU (usecs/op; $ROUNDS pairs)"
 	pipe() { "$@" taskset -c "$PIN_CPU" perf bench sched pipe -l "$PIPE_LOOPS" 2>/dev/null | awk '/usecs\/op/ { print $1 }'; }
-	: >"$TMP/pipe-bare"
-	for m in "${MODES[@]}"; do : >"$TMP/pipe-$m" && : >"$TMP/pipe-ratio-$m"; done
-	for ((r = 0; r < ROUNDS; r++)); do
-		b=$(pipe env)
-		echo "$b" >>"$TMP/pipe-bare"
-		for m in "${MODES[@]}"; do
-			v=$(pipe se "$m")
-			echo "$v" >>"$TMP/pipe-$m"
-			div "$v" "$b" >>"$TMP/pipe-ratio-$m"
-		done
-	done
-	row "bare" "$TMP/pipe-bare" usecs/op
-	for m in "${MODES[@]}"; do
-		row "under statexec($m)" "$TMP/pipe-$m" usecs/op
-		row "  slowdown, per pair" "$TMP/pipe-ratio-$m" x
-	done
+	paired pipe usecs/op "under statexec(%s)" slowdown
 else
 	echo "== 2. skipped: perf not installed (apt-get install linux-perf)"
 fi
@@ -272,22 +282,7 @@ if have iperf3; then
 		"$@" taskset -c "$PIN_CPU" iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_SECS" -J 2>/dev/null |
 			python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'
 	}
-	: >"$TMP/iperf-bare"
-	for m in "${MODES[@]}"; do : >"$TMP/iperf-$m" && : >"$TMP/iperf-ratio-$m"; done
-	for ((r = 0; r < ROUNDS; r++)); do
-		b=$(iperf env)
-		echo "$b" >>"$TMP/iperf-bare"
-		for m in "${MODES[@]}"; do
-			v=$(iperf se "$m")
-			echo "$v" >>"$TMP/iperf-$m"
-			div "$v" "$b" >>"$TMP/iperf-ratio-$m"
-		done
-	done
-	row "bare" "$TMP/iperf-bare" Gbit/s
-	for m in "${MODES[@]}"; do
-		row "client under statexec($m)" "$TMP/iperf-$m" Gbit/s
-		row "  ratio, per pair" "$TMP/iperf-ratio-$m" x
-	done
+	paired iperf Gbit/s "client under statexec(%s)" ratio
 else
 	echo "== 5. skipped: iperf3 not installed"
 fi
