@@ -41,13 +41,14 @@ declare -A PKG_CMD=(
 	[gcc]=gcc # go test -race needs cgo
 	[sysstat]=pidstat # make bench compares statexec's per-sample cost with pidstat's
 	[python3-prometheus-client]=""
+	[nftables]=nft # network tests make loss and SYN drops with nft rules in their namespaces
 )
 # Packages whose command alone is enough (npm also comes with NodeSource's
 # nodejs, which conflicts with Debian's npm package).
 declare -A CMD_ENOUGH=([npm]=1)
 # Stable order for messages and apt-get.
 PKGS=(clang llvm libbpf-dev bpftool victoria-metrics prometheus iperf3 linux-perf
-	iproute2 libcap2-bin util-linux hyperfine curl npm openssl chromium python3 gcc sysstat python3-prometheus-client)
+	iproute2 libcap2-bin util-linux hyperfine curl npm openssl chromium python3 gcc sysstat python3-prometheus-client nftables)
 
 APT_WAIT_SECONDS=${APT_WAIT_SECONDS:-1200}
 
