@@ -21,6 +21,7 @@
 //
 //	statexec_probe_info{backend="ebpf"|"plain"}                  gauge, always 1
 //	statexec_collector_success{collector="probe"}                gauge, 0 when a read failed
+//	statexec_probe_group_enabled{group="sched"|"net"|...}         gauge, 1 when the eBPF group is loaded
 //	statexec_process_cpu_seconds_total{mode="user"|"system"}     cgroup cpu.stat, else /proc
 //	statexec_process_memory_rss_bytes                            sum over live processes
 //	statexec_process_memory_rss_peak_bytes
@@ -29,7 +30,8 @@
 //	statexec_process_context_switches_total{kind="voluntary"|"involuntary"}  /proc
 //	statexec_process_processes, statexec_process_threads         cgroup.procs/threads, else /proc
 //
-// and with the eBPF backend:
+// and with the eBPF backend, by probe group (group.go; each group is one
+// bpf/<group>.bpf.c beside <group>.go):
 //
 //	statexec_process_network_{sent,received}_{bytes,packets}_total       cgroup_skb
 //	statexec_process_sched_cpu_seconds_total                     sum_exec_runtime deltas
@@ -99,9 +101,10 @@ type Summary struct {
 type Session struct {
 	opts    Options
 	backend string
-	cg      *cgroup    // nil: no cgroup (not root, no cgroup v2)
-	bpf     *bpfProbes // nil: plain backend
-	coll    *collector
+	cg      *cgroup // nil: no cgroup (not root, no cgroup v2)
+	// groups are the eBPF probe groups that loaded (none: plain backend).
+	groups []loadedGroup
+	coll   *collector
 
 	mu       sync.Mutex
 	plain    *plainSampler
@@ -110,19 +113,32 @@ type Session struct {
 	closeErr error
 }
 
-// snapshot is one sample of everything the collector exports.
+// snapshot is one sample of the plain values; the groups keep their own.
 type snapshot struct {
 	plain plainTotals
-	bpf   statexecTreeCounters
 	// err is why the last collection failed (a BPF map or cgroup file
 	// could not be read), nil when it succeeded.
 	err error
 }
 
-// rssPeak is the tree's memory peak: sampled (plain) or a process's peak
-// at its exit (eBPF), whichever is higher.
-func (s *snapshot) rssPeak() uint64 {
-	return max(s.plain.rssPeak, s.bpf.ExitRssPeakBytes)
+// rssPeakLocked is the tree's memory peak: sampled (plain) or a process's
+// peak at its exit (eBPF), whichever is higher.
+func (s *Session) rssPeakLocked() uint64 {
+	peak := s.snap.plain.rssPeak
+	if g, ok := s.group("sched").(*schedGroup); ok {
+		peak = max(peak, g.exitRSSPeak())
+	}
+	return peak
+}
+
+// group returns the loaded group of that name, nil when it is off.
+func (s *Session) group(name string) group {
+	for _, g := range s.groups {
+		if g.spec.name == name {
+			return g.g
+		}
+	}
+	return nil
 }
 
 // Start creates the session: the run's cgroup and, unless Mode is plain,
@@ -146,14 +162,9 @@ func Start(opts Options) (*Session, error) {
 	if cgErr == nil {
 		s.cg = cg
 	}
+	s.coll = newCollector(s)
 	if opts.Mode != ModePlain {
-		err := cgErr
-		if err != nil {
-			err = fmt.Errorf("create cgroup: %w", err)
-		} else {
-			s.bpf, err = loadBPF(cg)
-		}
-		if err != nil {
+		if err := s.loadGroups(cgErr); err != nil {
 			if opts.Mode == ModeEBPF {
 				_ = s.Close()
 				return nil, fmt.Errorf("probe: %w", err)
@@ -161,13 +172,50 @@ func Start(opts Options) (*Session, error) {
 			if opts.Notice != nil {
 				fmt.Fprintf(opts.Notice, "statexec: eBPF probes unavailable (%s); per-process network and scheduler metrics are off, using plain /proc metrics\n", oneLine(err))
 			}
-		} else {
-			s.backend = BackendEBPF
 		}
 	}
 	s.plain = newPlainSampler(s.cg)
-	s.coll = newCollector(s)
 	return s, nil
+}
+
+// loadGroups loads the eBPF probe groups. It fails, with every group
+// closed, when a required group cannot load; an optional group that
+// cannot is left out with one notice line naming it.
+func (s *Session) loadGroups(cgErr error) error {
+	if cgErr != nil {
+		return fmt.Errorf("create cgroup: %w", cgErr)
+	}
+	loaded := loadGroups(newLoadEnv(s.cg, s.coll.desc))
+	var failed error
+	allFailed := true
+	for _, lg := range loaded {
+		allFailed = allFailed && lg.err != nil
+	}
+	for _, lg := range loaded {
+		if lg.err != nil && lg.spec.required && failed == nil {
+			failed = lg.err
+			// When every group failed, the cause is common (no
+			// privileges, no kernel BTF): naming a group is noise.
+			if !allFailed {
+				failed = fmt.Errorf("%s: %w", lg.spec.name, lg.err)
+			}
+		}
+	}
+	for _, lg := range loaded {
+		switch {
+		case lg.err == nil && failed != nil:
+			_ = lg.g.close()
+		case lg.err == nil:
+			s.groups = append(s.groups, lg)
+		case failed == nil && s.opts.Notice != nil:
+			fmt.Fprintf(s.opts.Notice, "statexec: eBPF probe group %s unavailable (%s); its metrics are off\n", lg.spec.name, oneLine(lg.err))
+		}
+	}
+	if failed != nil {
+		return failed
+	}
+	s.backend = BackendEBPF
+	return nil
 }
 
 // oneLine keeps the notice on one line: verifier errors span many.
@@ -178,6 +226,11 @@ func oneLine(err error) string {
 		msg = msg[:maxLen] + "..."
 	}
 	return msg
+}
+
+// oneLineErr joins a multi-error's lines with "; ".
+func oneLineErr(err error) error {
+	return errors.New(strings.ReplaceAll(err.Error(), "\n", "; "))
 }
 
 // Backend returns "ebpf" or "plain".
@@ -260,14 +313,10 @@ func (s *Session) sampleLocked() {
 	var err error
 	s.snap.plain, err = s.plain.sample()
 	errs = append(errs, err)
-	if s.bpf != nil {
-		// A failed read keeps the previous values: counters must
-		// not drop to zero.
-		c, err := s.bpf.read()
-		if err == nil {
-			s.snap.bpf = c
-		}
-		errs = append(errs, err)
+	// A failed read keeps the previous values: counters must not drop
+	// to zero.
+	for _, g := range s.groups {
+		errs = append(errs, g.g.sample())
 	}
 	s.snap.err = errors.Join(errs...)
 }
@@ -277,24 +326,22 @@ func (s *Session) Collector() prometheus.Collector { return s.coll }
 
 // Summary returns totals for the end-of-run summary.
 func (s *Session) Summary() Summary {
-	snap := s.sample()
-	p := snap.plain
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.sampleLocked()
+	}
+	p := s.snap.plain
 	sum := Summary{
 		Backend:       s.backend,
 		UserCPU:       time.Duration(p.userSec * float64(time.Second)),
 		SystemCPU:     time.Duration(p.sysSec * float64(time.Second)),
-		PeakRSSBytes:  snap.rssPeak(),
+		PeakRSSBytes:  s.rssPeakLocked(),
 		VoluntaryCS:   p.vcs,
 		InvoluntaryCS: p.ivcs,
 	}
-	if s.bpf != nil {
-		b := snap.bpf
-		sum.HaveNetwork, sum.HaveScheduler = true, true
-		sum.SentBytes, sum.ReceivedBytes = b.TxBytes, b.RxBytes
-		// The scheduler's counts are exact; /proc misses dead threads.
-		sum.VoluntaryCS, sum.InvoluntaryCS = b.VoluntarySwitches, b.InvoluntarySwitches
-		sum.RunqueueWaitP50 = histQuantile(&b.RunqHist, 0.50)
-		sum.RunqueueWaitP99 = histQuantile(&b.RunqHist, 0.99)
+	for _, g := range s.groups {
+		g.g.summarize(&sum)
 	}
 	return sum
 }
@@ -344,10 +391,12 @@ func (s *Session) Close() error {
 	}
 	s.closed = true
 	var errs []error
-	if s.bpf != nil {
-		if err := s.bpf.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("probe: close BPF: %w", err))
-		}
+	var closeErrs []error
+	for _, g := range s.groups {
+		closeErrs = append(closeErrs, g.g.close())
+	}
+	if err := errors.Join(closeErrs...); err != nil {
+		errs = append(errs, fmt.Errorf("probe: close BPF: %w", oneLineErr(err)))
 	}
 	if s.cg != nil {
 		if err := s.cg.remove(); err != nil {

@@ -342,9 +342,8 @@ func TestCollectorSuccess(t *testing.T) {
 			t.Fatalf("after the command: %s = %v, want 1", key, got)
 		}
 		if mode == ModeEBPF {
-			// The map is the only BPF source; a closed map fails
-			// every lookup.
-			if err := s.bpf.objs.Counters.Close(); err != nil {
+			// A closed map fails every lookup of its group.
+			if err := s.group("sched").(*schedGroup).objs.Counters.Close(); err != nil {
 				t.Fatal(err)
 			}
 			if got := metrics(t, s)[key]; got != 0 {
@@ -397,7 +396,8 @@ func TestEBPFPeakRSSAtExit(t *testing.T) {
 		t.Fatalf("helper's VmHWM %d never reached 64 MiB", hwm)
 	}
 	s.CommandEnded()
-	got := s.sample().bpf.ExitRssPeakBytes
+	s.sample()
+	got := s.group("sched").(*schedGroup).exitRSSPeak()
 	t.Logf("exit peak %.2f MiB, VmHWM %.2f MiB, maxrss %.2f MiB", float64(got)/(1<<20), float64(hwm)/(1<<20),
 		float64(rusage(cmd.ProcessState).Maxrss)/1024)
 	// RSS counters are read without their per-CPU deltas (32 pages per

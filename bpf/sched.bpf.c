@@ -1,39 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0
 //
-// statexec probes: per-process-tree network and scheduler counters.
-//
-// Every program counts only tasks (or sockets) of one cgroup v2 directory,
-// the one statexec created for the command. User space reads the per-CPU
-// counters and sums them; no ring buffers, so the cost on the hot paths
-// (sched_switch, every skb) is a few loads and adds. Only the network
-// counters use atomic adds (see count_egress).
+// statexec probe group "sched": the command tree's on-CPU time, context
+// switches, run-queue waits, task creations and memory peaks at exit, from
+// the scheduler's own per-task counters.
 
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
+#include "common.h"
 
 char __license[] SEC("license") = "GPL";
 
-// Set by the loader before load: the cgroup id (inode number of the cgroup
-// directory) of the command's cgroup. As a .rodata constant the verifier
-// sees it, and it costs no map lookup.
-const volatile __u64 target_cgid = 0;
-
-// Field offsets in the running kernel, found by the loader in
-// /sys/kernel/btf/vmlinux (internal/probe/kbtf.go). Not CO-RE on purpose:
-// CO-RE relocations (and tp_btf attach targets) make the Go loader decode
-// the whole kernel BTF, tens of milliseconds per run. Frozen .rodata
-// values are known constants to the verifier, so task + off_x is a plain
-// typed pointer access that it checks against the kernel's BTF as usual.
+// Offsets (see common.h).
 const volatile __u32 off_sum_exec_runtime = 0; // task_struct.se.sum_exec_runtime
 const volatile __u32 off_nvcsw = 0;
 const volatile __u32 off_nivcsw = 0;
 const volatile __u32 off_state = 0; // task_struct.__state
 const volatile __u32 off_pid = 0;
 const volatile __u32 off_tgid = 0;
-const volatile __u32 off_cgroups = 0;  // task_struct.cgroups
-const volatile __u32 off_dfl_cgrp = 0; // css_set.dfl_cgrp
-const volatile __u32 off_kn = 0;       // cgroup.kn
-const volatile __u32 off_kn_id = 0;    // kernfs_node.id
 const volatile bool have_sched_info = false;
 const volatile __u32 off_run_delay = 0; // task_struct.sched_info.run_delay
 const volatile __u32 off_pcount = 0;    // task_struct.sched_info.pcount
@@ -45,8 +26,6 @@ const volatile __u32 off_pcpu_count = 0;   // percpu_counter.count
 const volatile __u32 size_pcpu = 0;        // sizeof(struct percpu_counter)
 const volatile __u64 page_size = 4096;
 
-#define FIELD(type, ptr, off) (*(type *)((char *)(ptr) + (off)))
-
 #define TASK_RUNNING 0
 #define TASK_DEAD 0x80
 
@@ -56,11 +35,7 @@ const volatile __u64 page_size = 4096;
 
 // One per-CPU instance; user space sums the CPUs. Field order is the Go
 // struct's (bpf2go generates it from BTF).
-struct tree_counters {
-	__u64 tx_bytes;
-	__u64 tx_packets;
-	__u64 rx_bytes;
-	__u64 rx_packets;
+struct sched_counters {
 	__u64 cpu_ns;
 	__u64 voluntary_switches;
 	__u64 involuntary_switches;
@@ -77,7 +52,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct tree_counters);
+	__type(value, struct sched_counters);
 } counters SEC(".maps");
 
 // Per-task state, freed by the kernel with the task: far cheaper than a
@@ -99,57 +74,11 @@ struct {
 	__type(value, struct task_state);
 } task_states SEC(".maps");
 
-static __always_inline struct tree_counters *get_counters(void)
+static __always_inline struct sched_counters *get_counters(void)
 {
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&counters, &zero);
-}
-
-// in_target follows an untrusted task pointer (a raw tracepoint argument)
-// to its cgroup id with probe reads: only used on rare events (fork).
-static __always_inline bool in_target(void *task)
-{
-	void *p = 0;
-	__u64 id = 0;
-
-	if (bpf_probe_read_kernel(&p, sizeof(p), (char *)task + off_cgroups) || !p)
-		return false;
-	if (bpf_probe_read_kernel(&p, sizeof(p), (char *)p + off_dfl_cgrp) || !p)
-		return false;
-	if (bpf_probe_read_kernel(&p, sizeof(p), (char *)p + off_kn) || !p)
-		return false;
-	if (bpf_probe_read_kernel(&id, sizeof(id), (char *)p + off_kn_id))
-		return false;
-	return id == target_cgid;
-}
-
-static __always_inline __u32 log2_u32(__u32 v)
-{
-	__u32 r, shift;
-
-	r = (v > 0xFFFF) << 4;
-	v >>= r;
-	shift = (v > 0xFF) << 3;
-	v >>= shift;
-	r |= shift;
-	shift = (v > 0xF) << 2;
-	v >>= shift;
-	r |= shift;
-	shift = (v > 0x3) << 1;
-	v >>= shift;
-	r |= shift;
-	r |= (v >> 1);
-	return r;
-}
-
-static __always_inline __u32 log2_u64(__u64 v)
-{
-	__u32 hi = v >> 32;
-
-	if (hi)
-		return log2_u32(hi) + 32;
-	return log2_u32(v);
 }
 
 // Everything per-task is taken at switch-out, from the kernel's own
@@ -168,7 +97,7 @@ static __always_inline __u32 log2_u64(__u64 v)
 SEC("raw_tp/sched_switch")
 int on_sched_switch(__u64 *ctx)
 {
-	struct tree_counters *c;
+	struct sched_counters *c;
 	struct task_state *st;
 	struct task_struct *prev;
 	bool preempt = ctx[0];
@@ -247,7 +176,7 @@ int on_sched_switch(__u64 *ctx)
 SEC("raw_tp/sched_process_fork")
 int on_sched_process_fork(__u64 *ctx)
 {
-	struct tree_counters *c;
+	struct sched_counters *c;
 	void *child = (void *)ctx[1];
 
 	if (!in_target(child))
@@ -269,7 +198,7 @@ int on_sched_process_fork(__u64 *ctx)
 SEC("raw_tp/sched_process_exit")
 int on_sched_process_exit(__u64 *ctx)
 {
-	struct tree_counters *c;
+	struct sched_counters *c;
 	struct task_struct *task;
 	void *mm;
 
@@ -291,52 +220,4 @@ int on_sched_process_exit(__u64 *ctx)
 	if (c && pages * page_size > c->exit_rss_peak_bytes)
 		c->exit_rss_peak_bytes = pages * page_size;
 	return 0;
-}
-
-// cgroup_skb programs run only for sockets of the attached cgroup (and its
-// descendants), so they need no filter. skb->len includes the IP header;
-// gso_segs turns one GSO/GRO super-packet into its wire packet count.
-//
-// __sk_buff is UAPI with a fixed layout: read it at offsetof() constants,
-// not as vmlinux.h members, which would be CO-RE relocations (and make the
-// loader decode the kernel BTF).
-#define SKB_U32(skb, field) \
-	(*(__u32 *)((char *)(skb) + __builtin_offsetof(struct __sk_buff, field)))
-
-static __always_inline __u64 segs(struct __sk_buff *skb)
-{
-	__u32 n = SKB_U32(skb, gso_segs);
-
-	return n ? n : 1;
-}
-
-//
-// The adds are atomic although the slots are per-CPU: one CPU runs these
-// programs both in process context (sendmsg, socket backlog) and in a
-// softirq that interrupts it (ACK-clocked transmissions, loopback
-// receive). With a plain load-add-store, a softirq's update between the
-// load and the store was lost, up to 64 KiB at a time: sent bytes came
-// out 2-4% short in some runs.
-SEC("cgroup_skb/egress")
-int count_egress(struct __sk_buff *skb)
-{
-	struct tree_counters *c = get_counters();
-
-	if (c) {
-		__sync_fetch_and_add(&c->tx_bytes, SKB_U32(skb, len));
-		__sync_fetch_and_add(&c->tx_packets, segs(skb));
-	}
-	return 1; // allow
-}
-
-SEC("cgroup_skb/ingress")
-int count_ingress(struct __sk_buff *skb)
-{
-	struct tree_counters *c = get_counters();
-
-	if (c) {
-		__sync_fetch_and_add(&c->rx_bytes, SKB_U32(skb, len));
-		__sync_fetch_and_add(&c->rx_packets, segs(skb));
-	}
-	return 1; // allow
 }

@@ -13,21 +13,8 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type statexecTaskState struct {
-	_            structs.HostLayout
-	LastRuntime  uint64
-	LastNvcsw    uint64
-	LastNivcsw   uint64
-	LastRunDelay uint64
-	LastPcount   uint64
-}
-
-type statexecTreeCounters struct {
+type schedSchedCounters struct {
 	_                   structs.HostLayout
-	TxBytes             uint64
-	TxPackets           uint64
-	RxBytes             uint64
-	RxPackets           uint64
 	CpuNs               uint64
 	VoluntarySwitches   uint64
 	InvoluntarySwitches uint64
@@ -38,62 +25,69 @@ type statexecTreeCounters struct {
 	RunqHist            [32]uint64
 }
 
+type schedTaskState struct {
+	_            structs.HostLayout
+	LastRuntime  uint64
+	LastNvcsw    uint64
+	LastNivcsw   uint64
+	LastRunDelay uint64
+	LastPcount   uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	statexecMapCounters            = "counters"
-	statexecMapTaskStates          = "task_states"
-	statexecProgCountEgress        = "count_egress"
-	statexecProgCountIngress       = "count_ingress"
-	statexecProgOnSchedProcessExit = "on_sched_process_exit"
-	statexecProgOnSchedProcessFork = "on_sched_process_fork"
-	statexecProgOnSchedSwitch      = "on_sched_switch"
-	statexecVarHaveMmPeak          = "have_mm_peak"
-	statexecVarHaveSchedInfo       = "have_sched_info"
-	statexecVarOffCgroups          = "off_cgroups"
-	statexecVarOffDflCgrp          = "off_dfl_cgrp"
-	statexecVarOffHiwaterRss       = "off_hiwater_rss"
-	statexecVarOffKn               = "off_kn"
-	statexecVarOffKnId             = "off_kn_id"
-	statexecVarOffMm               = "off_mm"
-	statexecVarOffNivcsw           = "off_nivcsw"
-	statexecVarOffNvcsw            = "off_nvcsw"
-	statexecVarOffPcount           = "off_pcount"
-	statexecVarOffPcpuCount        = "off_pcpu_count"
-	statexecVarOffPid              = "off_pid"
-	statexecVarOffRssStat          = "off_rss_stat"
-	statexecVarOffRunDelay         = "off_run_delay"
-	statexecVarOffState            = "off_state"
-	statexecVarOffSumExecRuntime   = "off_sum_exec_runtime"
-	statexecVarOffTgid             = "off_tgid"
-	statexecVarPageSize            = "page_size"
-	statexecVarSizePcpu            = "size_pcpu"
-	statexecVarTargetCgid          = "target_cgid"
+	schedMapCounters            = "counters"
+	schedMapTaskStates          = "task_states"
+	schedProgOnSchedProcessExit = "on_sched_process_exit"
+	schedProgOnSchedProcessFork = "on_sched_process_fork"
+	schedProgOnSchedSwitch      = "on_sched_switch"
+	schedVarHaveMmPeak          = "have_mm_peak"
+	schedVarHaveSchedInfo       = "have_sched_info"
+	schedVarOffCgroups          = "off_cgroups"
+	schedVarOffDflCgrp          = "off_dfl_cgrp"
+	schedVarOffHiwaterRss       = "off_hiwater_rss"
+	schedVarOffKn               = "off_kn"
+	schedVarOffKnId             = "off_kn_id"
+	schedVarOffMm               = "off_mm"
+	schedVarOffNivcsw           = "off_nivcsw"
+	schedVarOffNvcsw            = "off_nvcsw"
+	schedVarOffPcount           = "off_pcount"
+	schedVarOffPcpuCount        = "off_pcpu_count"
+	schedVarOffPid              = "off_pid"
+	schedVarOffRssStat          = "off_rss_stat"
+	schedVarOffRunDelay         = "off_run_delay"
+	schedVarOffState            = "off_state"
+	schedVarOffSumExecRuntime   = "off_sum_exec_runtime"
+	schedVarOffTgid             = "off_tgid"
+	schedVarPageSize            = "page_size"
+	schedVarSizePcpu            = "size_pcpu"
+	schedVarTargetCgid          = "target_cgid"
 )
 
-// loadStatexec returns the embedded CollectionSpec for statexec.
-func loadStatexec() (*ebpf.CollectionSpec, error) {
-	reader := bytes.NewReader(_StatexecBytes)
+// loadSched returns the embedded CollectionSpec for sched.
+func loadSched() (*ebpf.CollectionSpec, error) {
+	reader := bytes.NewReader(_SchedBytes)
 	spec, err := ebpf.LoadCollectionSpecFromReader(reader)
 	if err != nil {
-		return nil, fmt.Errorf("can't load statexec: %w", err)
+		return nil, fmt.Errorf("can't load sched: %w", err)
 	}
 
 	return spec, err
 }
 
-// loadStatexecObjects loads statexec and converts it into a struct.
+// loadSchedObjects loads sched and converts it into a struct.
 //
 // The following types are suitable as obj argument:
 //
-//	*statexecObjects
-//	*statexecPrograms
-//	*statexecMaps
+//	*schedObjects
+//	*schedPrograms
+//	*schedMaps
 //
 // See ebpf.CollectionSpec.LoadAndAssign documentation for details.
-func loadStatexecObjects(obj any, opts *ebpf.CollectionOptions) error {
-	spec, err := loadStatexec()
+func loadSchedObjects(obj any, opts *ebpf.CollectionOptions) error {
+	spec, err := loadSched()
 	if err != nil {
 		return err
 	}
@@ -101,38 +95,36 @@ func loadStatexecObjects(obj any, opts *ebpf.CollectionOptions) error {
 	return spec.LoadAndAssign(obj, opts)
 }
 
-// statexecSpecs contains maps and programs before they are loaded into the kernel.
+// schedSpecs contains maps and programs before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type statexecSpecs struct {
-	statexecProgramSpecs
-	statexecMapSpecs
-	statexecVariableSpecs
+type schedSpecs struct {
+	schedProgramSpecs
+	schedMapSpecs
+	schedVariableSpecs
 }
 
-// statexecProgramSpecs contains programs before they are loaded into the kernel.
+// schedProgramSpecs contains programs before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type statexecProgramSpecs struct {
-	CountEgress        *ebpf.ProgramSpec `ebpf:"count_egress"`
-	CountIngress       *ebpf.ProgramSpec `ebpf:"count_ingress"`
+type schedProgramSpecs struct {
 	OnSchedProcessExit *ebpf.ProgramSpec `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.ProgramSpec `ebpf:"on_sched_process_fork"`
 	OnSchedSwitch      *ebpf.ProgramSpec `ebpf:"on_sched_switch"`
 }
 
-// statexecMapSpecs contains maps before they are loaded into the kernel.
+// schedMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type statexecMapSpecs struct {
+type schedMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	TaskStates *ebpf.MapSpec `ebpf:"task_states"`
 }
 
-// statexecVariableSpecs contains global variables before they are loaded into the kernel.
+// schedVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type statexecVariableSpecs struct {
+type schedVariableSpecs struct {
 	HaveMmPeak        *ebpf.VariableSpec `ebpf:"have_mm_peak"`
 	HaveSchedInfo     *ebpf.VariableSpec `ebpf:"have_sched_info"`
 	OffCgroups        *ebpf.VariableSpec `ebpf:"off_cgroups"`
@@ -156,41 +148,41 @@ type statexecVariableSpecs struct {
 	TargetCgid        *ebpf.VariableSpec `ebpf:"target_cgid"`
 }
 
-// statexecObjects contains all objects after they have been loaded into the kernel.
+// schedObjects contains all objects after they have been loaded into the kernel.
 //
-// It can be passed to loadStatexecObjects or ebpf.CollectionSpec.LoadAndAssign.
-type statexecObjects struct {
-	statexecPrograms
-	statexecMaps
-	statexecVariables
+// It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
+type schedObjects struct {
+	schedPrograms
+	schedMaps
+	schedVariables
 }
 
-func (o *statexecObjects) Close() error {
-	return _StatexecClose(
-		&o.statexecPrograms,
-		&o.statexecMaps,
+func (o *schedObjects) Close() error {
+	return _SchedClose(
+		&o.schedPrograms,
+		&o.schedMaps,
 	)
 }
 
-// statexecMaps contains all maps after they have been loaded into the kernel.
+// schedMaps contains all maps after they have been loaded into the kernel.
 //
-// It can be passed to loadStatexecObjects or ebpf.CollectionSpec.LoadAndAssign.
-type statexecMaps struct {
+// It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
+type schedMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
 	TaskStates *ebpf.Map `ebpf:"task_states"`
 }
 
-func (m *statexecMaps) Close() error {
-	return _StatexecClose(
+func (m *schedMaps) Close() error {
+	return _SchedClose(
 		m.Counters,
 		m.TaskStates,
 	)
 }
 
-// statexecVariables contains all global variables after they have been loaded into the kernel.
+// schedVariables contains all global variables after they have been loaded into the kernel.
 //
-// It can be passed to loadStatexecObjects or ebpf.CollectionSpec.LoadAndAssign.
-type statexecVariables struct {
+// It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
+type schedVariables struct {
 	HaveMmPeak        *ebpf.Variable `ebpf:"have_mm_peak"`
 	HaveSchedInfo     *ebpf.Variable `ebpf:"have_sched_info"`
 	OffCgroups        *ebpf.Variable `ebpf:"off_cgroups"`
@@ -214,28 +206,24 @@ type statexecVariables struct {
 	TargetCgid        *ebpf.Variable `ebpf:"target_cgid"`
 }
 
-// statexecPrograms contains all programs after they have been loaded into the kernel.
+// schedPrograms contains all programs after they have been loaded into the kernel.
 //
-// It can be passed to loadStatexecObjects or ebpf.CollectionSpec.LoadAndAssign.
-type statexecPrograms struct {
-	CountEgress        *ebpf.Program `ebpf:"count_egress"`
-	CountIngress       *ebpf.Program `ebpf:"count_ingress"`
+// It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
+type schedPrograms struct {
 	OnSchedProcessExit *ebpf.Program `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.Program `ebpf:"on_sched_process_fork"`
 	OnSchedSwitch      *ebpf.Program `ebpf:"on_sched_switch"`
 }
 
-func (p *statexecPrograms) Close() error {
-	return _StatexecClose(
-		p.CountEgress,
-		p.CountIngress,
+func (p *schedPrograms) Close() error {
+	return _SchedClose(
 		p.OnSchedProcessExit,
 		p.OnSchedProcessFork,
 		p.OnSchedSwitch,
 	)
 }
 
-func _StatexecClose(closers ...io.Closer) error {
+func _SchedClose(closers ...io.Closer) error {
 	for _, closer := range closers {
 		if err := closer.Close(); err != nil {
 			return err
@@ -246,5 +234,5 @@ func _StatexecClose(closers ...io.Closer) error {
 
 // Do not access this directly.
 //
-//go:embed statexec_bpfel.o
-var _StatexecBytes []byte
+//go:embed sched_bpfel.o
+var _SchedBytes []byte
