@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -188,13 +187,4 @@ func (ls *links) close() error {
 	}
 	*ls = nil
 	return errors.Join(errs...)
-}
-
-// groupNames lists the names of gs, comma-separated.
-func groupNames(gs []loadedGroup) string {
-	names := make([]string, len(gs))
-	for i, g := range gs {
-		names[i] = g.spec.name
-	}
-	return strings.Join(names, ",")
 }
