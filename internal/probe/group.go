@@ -146,6 +146,7 @@ func commonVariables(cg *cgroup, l kernelLayout) map[string]any {
 		"off_dfl_cgrp": l.DflCgrp,
 		"off_kn":       l.Kn,
 		"off_kn_id":    l.KnID,
+		"off_sk_cgrp":  l.SkCgrp,
 	}
 }
 

@@ -49,6 +49,10 @@ type kernelLayout struct {
 	RssStat    uint32 // mm_struct.rss_stat
 	PcpuCount  uint32 // percpu_counter.count
 	PcpuSize   uint32 // sizeof(struct percpu_counter)
+	// A socket's cgroup needs CONFIG_SOCK_CGROUP_DATA (any kernel with
+	// cgroup_skb programs has it).
+	HaveSkCgrp bool
+	SkCgrp     uint32 // sock.sk_cgrp_data.cgroup
 }
 
 const (
@@ -218,7 +222,7 @@ func isModifier(kind uint32) bool {
 
 func (b *rawBTF) layout() (kernelLayout, error) {
 	var l kernelLayout
-	structs := b.findStructs([]string{"task_struct", "sched_entity", "sched_info", "css_set", "cgroup", "kernfs_node", "mm_struct", "percpu_counter"})
+	structs := b.findStructs([]string{"task_struct", "sched_entity", "sched_info", "css_set", "cgroup", "kernfs_node", "mm_struct", "percpu_counter", "sock"})
 	for _, n := range []string{"task_struct", "css_set", "cgroup", "kernfs_node"} {
 		if _, ok := structs[n]; !ok {
 			return l, fmt.Errorf("no struct %s", n)
@@ -267,6 +271,12 @@ func (b *rawBTF) layout() (kernelLayout, error) {
 		field(&l.RssStat, "mm_struct", "rss_stat")
 		field(&l.PcpuCount, "percpu_counter", "count")
 		_, _, _, l.PcpuSize, _ = b.header(structs["percpu_counter"]) // a struct's size
+	}
+	if _, ok := structs["sock"]; ok {
+		if _, _, ok := b.member(structs["sock"], "sk_cgrp_data", 0); ok {
+			l.HaveSkCgrp = true
+			field(&l.SkCgrp, "sock", "sk_cgrp_data", "cgroup")
+		}
 	}
 	return l, errors.Join(errs...)
 }

@@ -58,6 +58,8 @@ func TestKernelLayout(t *testing.T) {
 		HiwaterRss:     offset("mm_struct", "hiwater_rss"),
 		RssStat:        offset("mm_struct", "rss_stat"),
 		PcpuCount:      offset("percpu_counter", "count"),
+		HaveSkCgrp:     true,
+		SkCgrp:         offset("sock", "sk_cgrp_data", "cgroup"),
 	}
 	var pc *btf.Struct
 	if err := spec.TypeByName("percpu_counter", &pc); err != nil {

@@ -32,6 +32,7 @@ const (
 	netVarOffDflCgrp    = "off_dfl_cgrp"
 	netVarOffKn         = "off_kn"
 	netVarOffKnId       = "off_kn_id"
+	netVarOffSkCgrp     = "off_sk_cgrp"
 	netVarTargetCgid    = "target_cgid"
 )
 
@@ -96,6 +97,7 @@ type netVariableSpecs struct {
 	OffDflCgrp *ebpf.VariableSpec `ebpf:"off_dfl_cgrp"`
 	OffKn      *ebpf.VariableSpec `ebpf:"off_kn"`
 	OffKnId    *ebpf.VariableSpec `ebpf:"off_kn_id"`
+	OffSkCgrp  *ebpf.VariableSpec `ebpf:"off_sk_cgrp"`
 	TargetCgid *ebpf.VariableSpec `ebpf:"target_cgid"`
 }
 
@@ -136,6 +138,7 @@ type netVariables struct {
 	OffDflCgrp *ebpf.Variable `ebpf:"off_dfl_cgrp"`
 	OffKn      *ebpf.Variable `ebpf:"off_kn"`
 	OffKnId    *ebpf.Variable `ebpf:"off_kn_id"`
+	OffSkCgrp  *ebpf.Variable `ebpf:"off_sk_cgrp"`
 	TargetCgid *ebpf.Variable `ebpf:"target_cgid"`
 }
 

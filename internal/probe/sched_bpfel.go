@@ -58,6 +58,7 @@ const (
 	schedVarOffPid              = "off_pid"
 	schedVarOffRssStat          = "off_rss_stat"
 	schedVarOffRunDelay         = "off_run_delay"
+	schedVarOffSkCgrp           = "off_sk_cgrp"
 	schedVarOffState            = "off_state"
 	schedVarOffSumExecRuntime   = "off_sum_exec_runtime"
 	schedVarOffTgid             = "off_tgid"
@@ -140,6 +141,7 @@ type schedVariableSpecs struct {
 	OffPid            *ebpf.VariableSpec `ebpf:"off_pid"`
 	OffRssStat        *ebpf.VariableSpec `ebpf:"off_rss_stat"`
 	OffRunDelay       *ebpf.VariableSpec `ebpf:"off_run_delay"`
+	OffSkCgrp         *ebpf.VariableSpec `ebpf:"off_sk_cgrp"`
 	OffState          *ebpf.VariableSpec `ebpf:"off_state"`
 	OffSumExecRuntime *ebpf.VariableSpec `ebpf:"off_sum_exec_runtime"`
 	OffTgid           *ebpf.VariableSpec `ebpf:"off_tgid"`
@@ -198,6 +200,7 @@ type schedVariables struct {
 	OffPid            *ebpf.Variable `ebpf:"off_pid"`
 	OffRssStat        *ebpf.Variable `ebpf:"off_rss_stat"`
 	OffRunDelay       *ebpf.Variable `ebpf:"off_run_delay"`
+	OffSkCgrp         *ebpf.Variable `ebpf:"off_sk_cgrp"`
 	OffState          *ebpf.Variable `ebpf:"off_state"`
 	OffSumExecRuntime *ebpf.Variable `ebpf:"off_sum_exec_runtime"`
 	OffTgid           *ebpf.Variable `ebpf:"off_tgid"`
