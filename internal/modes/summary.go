@@ -50,6 +50,9 @@ func (r *run) printSummary(code int, s probe.Summary) {
 	if s.HaveScheduler {
 		line("  run-queue wait: p50 %s, p99 %s", s.RunqueueWaitP50, s.RunqueueWaitP99)
 	}
+	for _, l := range s.Lines {
+		line("  %s", l)
+	}
 	fmt.Fprint(r.stderr, b.String())
 }
 

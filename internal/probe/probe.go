@@ -95,6 +95,10 @@ type Summary struct {
 	RunqueueWaitP99 time.Duration // eBPF only
 	HaveNetwork     bool
 	HaveScheduler   bool
+	// Lines are more summary lines, each formatted by the probe group
+	// (or plain source) that owns its figures, printed in order after
+	// the fixed ones, e.g. "tcp: 12 connections opened, 1 failed (...)".
+	Lines []string
 }
 
 // Session is one run's probe.
