@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -190,8 +191,12 @@ func procState(pid int) byte {
 // it (as a shell expects of a job); continuing statexec continues the
 // command in the foreground, and the run ends normally.
 func TestCtrlZStopsAndContinues(t *testing.T) {
-	script := `echo ready; i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done; echo done`
-	cmd, master, out, done := startOnTerminal(t, []string{"SE_SUMMARY=0"}, "exec", "sh", "-c", script)
+	// The command runs until the test lets it go (a file), at most 20 s:
+	// "done" before the file exists means it ran through its stop, however
+	// slow a busy machine makes the stop.
+	release := filepath.Join(t.TempDir(), "release")
+	script := `echo ready; i=0; while [ $i -lt 400 ] && [ ! -e "$1" ]; do sleep 0.05; i=$((i+1)); done; echo done`
+	cmd, master, out, done := startOnTerminal(t, []string{"SE_SUMMARY=0"}, "exec", "sh", "-c", script, "sh", release)
 	waitOutput(t, out, "ready")
 	job := foreground(master) // the command's group, which statexec made the foreground
 	if job == 0 || job == cmd.Process.Pid {
@@ -224,6 +229,9 @@ func TestCtrlZStopsAndContinues(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "done") {
 		t.Fatal("the command ran to its end although stopped")
+	}
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
 	cmd.Process.Signal(syscall.SIGCONT) // what the shell's fg does
 	if code := exitCode(t, done, out); code != 0 || !strings.Contains(out.String(), "done") {
