@@ -171,7 +171,7 @@ func tick(i int) []*dto.MetricFamily {
 
 // run appends ticks to a fresh spool while a Follower sends them, and
 // returns the store (for the file) and what Finish said.
-func run(t *testing.T, o Options, ticks int, every time.Duration) (*store.Store, error, string) {
+func run(t *testing.T, o Options, ticks int, every time.Duration) (*store.Store, string, error) {
 	t.Helper()
 	st, err := store.Create(filepath.Join(t.TempDir(), "m.txt.spool"))
 	if err != nil {
@@ -199,7 +199,7 @@ func run(t *testing.T, o Options, ticks int, every time.Duration) (*store.Store,
 		time.Sleep(every)
 	}
 	err = f.Finish()
-	return st, err, stderr.String()
+	return st, stderr.String(), err
 }
 
 // fileSamples is what the metrics file of st holds, by series key.
@@ -251,7 +251,7 @@ func TestFollowSendsEveryFileSampleWithHeaders(t *testing.T) {
 	rc, srv := newReceiver(t)
 	h := http.Header{}
 	h.Set("X-Scope-OrgID", "tenant-7")
-	st, err, stderr := run(t, Options{URL: srv.URL + "/api/v1/write", BearerToken: "s3cret", Header: h}, 130, 10*time.Millisecond)
+	st, stderr, err := run(t, Options{URL: srv.URL + "/api/v1/write", BearerToken: "s3cret", Header: h}, 130, 10*time.Millisecond)
 	if err != nil {
 		t.Fatalf("Finish: %v\n%s", err, stderr)
 	}
@@ -284,7 +284,7 @@ func TestFollowSendsEveryFileSampleWithHeaders(t *testing.T) {
 func TestBasicAuthFromURL(t *testing.T) {
 	rc, srv := newReceiver(t)
 	u := strings.Replace(srv.URL, "http://", "http://alice:pa%20ss@", 1)
-	_, err, stderr := run(t, Options{URL: u}, 3, 0)
+	_, stderr, err := run(t, Options{URL: u}, 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +310,7 @@ func TestRetriesServerErrorsWithoutLoss(t *testing.T) {
 		}
 		return 0, ""
 	}
-	st, err, stderr := run(t, Options{URL: srv.URL}, 150, time.Millisecond)
+	st, stderr, err := run(t, Options{URL: srv.URL}, 150, time.Millisecond)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr)
 	}
@@ -326,7 +326,7 @@ func TestRetriesServerErrorsWithoutLoss(t *testing.T) {
 func TestRefusalShownOnceAndCounted(t *testing.T) {
 	rc, srv := newReceiver(t)
 	rc.fail = func(int) (int, string) { return http.StatusBadRequest, "out of bounds: sample too old" }
-	st, err, stderr := run(t, Options{URL: srv.URL}, 50, 2*time.Millisecond)
+	st, stderr, err := run(t, Options{URL: srv.URL}, 50, 2*time.Millisecond)
 	if err == nil {
 		t.Fatal("Finish: no error although every sample was refused")
 	}
@@ -351,7 +351,7 @@ func TestUnreachableBoundedByTimeout(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close() // nothing listens there now
 	start := time.Now()
-	st, err, stderr := run(t, Options{URL: "http://" + addr + "/api/v1/write", Timeout: 300 * time.Millisecond}, 30, 2*time.Millisecond)
+	st, stderr, err := run(t, Options{URL: "http://" + addr + "/api/v1/write", Timeout: 300 * time.Millisecond}, 30, 2*time.Millisecond)
 	took := time.Since(start)
 	if err == nil {
 		t.Fatal("no error")
