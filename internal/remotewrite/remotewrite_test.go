@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -180,7 +181,6 @@ func run(t *testing.T, o Options, ticks int, every time.Duration) (*store.Store,
 	t.Cleanup(func() { st.Remove() })
 	var stderr bytes.Buffer
 	o.Stderr = &stderr
-	o.OpenMetrics = true
 	if o.Interval == 0 {
 		o.Interval = 10 * time.Millisecond
 	}
@@ -203,10 +203,14 @@ func run(t *testing.T, o Options, ticks int, every time.Duration) (*store.Store,
 }
 
 // fileSamples is what the metrics file of st holds, by series key.
-func fileSamples(t *testing.T, st *store.Store) (map[string][]sample, int) {
+func fileSamples(t *testing.T, st *store.Store, format ...store.Format) (map[string][]sample, int) {
 	t.Helper()
 	var buf bytes.Buffer
-	if err := st.Export(&buf, store.OpenMetrics); err != nil {
+	ft := store.OpenMetrics
+	if len(format) > 0 {
+		ft = format[0]
+	}
+	if err := st.Export(&buf, ft); err != nil {
 		t.Fatal(err)
 	}
 	f, err := metricsfile.Parse(buf.Bytes())
@@ -251,7 +255,7 @@ func TestFollowSendsEveryFileSampleWithHeaders(t *testing.T) {
 	rc, srv := newReceiver(t)
 	h := http.Header{}
 	h.Set("X-Scope-OrgID", "tenant-7")
-	st, stderr, err := run(t, Options{URL: srv.URL + "/api/v1/write", BearerToken: "s3cret", Header: h}, 130, 10*time.Millisecond)
+	st, stderr, err := run(t, Options{URL: srv.URL + "/api/v1/write", BearerToken: "s3cret", Header: h, OpenMetrics: true}, 130, 10*time.Millisecond)
 	if err != nil {
 		t.Fatalf("Finish: %v\n%s", err, stderr)
 	}
@@ -284,7 +288,7 @@ func TestFollowSendsEveryFileSampleWithHeaders(t *testing.T) {
 func TestBasicAuthFromURL(t *testing.T) {
 	rc, srv := newReceiver(t)
 	u := strings.Replace(srv.URL, "http://", "http://alice:pa%20ss@", 1)
-	_, stderr, err := run(t, Options{URL: u}, 3, 0)
+	_, stderr, err := run(t, Options{URL: u, OpenMetrics: true}, 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +314,7 @@ func TestRetriesServerErrorsWithoutLoss(t *testing.T) {
 		}
 		return 0, ""
 	}
-	st, stderr, err := run(t, Options{URL: srv.URL}, 150, time.Millisecond)
+	st, stderr, err := run(t, Options{URL: srv.URL, OpenMetrics: true}, 150, time.Millisecond)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr)
 	}
@@ -326,7 +330,7 @@ func TestRetriesServerErrorsWithoutLoss(t *testing.T) {
 func TestRefusalShownOnceAndCounted(t *testing.T) {
 	rc, srv := newReceiver(t)
 	rc.fail = func(int) (int, string) { return http.StatusBadRequest, "out of bounds: sample too old" }
-	st, stderr, err := run(t, Options{URL: srv.URL}, 50, 2*time.Millisecond)
+	st, stderr, err := run(t, Options{URL: srv.URL, OpenMetrics: true}, 50, 2*time.Millisecond)
 	if err == nil {
 		t.Fatal("Finish: no error although every sample was refused")
 	}
@@ -351,7 +355,7 @@ func TestUnreachableBoundedByTimeout(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close() // nothing listens there now
 	start := time.Now()
-	st, stderr, err := run(t, Options{URL: "http://" + addr + "/api/v1/write", Timeout: 300 * time.Millisecond}, 30, 2*time.Millisecond)
+	st, stderr, err := run(t, Options{URL: "http://" + addr + "/api/v1/write", Timeout: 300 * time.Millisecond, OpenMetrics: true}, 30, 2*time.Millisecond)
 	took := time.Since(start)
 	if err == nil {
 		t.Fatal("no error")
@@ -380,5 +384,73 @@ func TestFormatLeAsTheFile(t *testing.T) {
 		if g := formatLe(c.f, false); g != c.pr {
 			t.Errorf("Prometheus %v: %q, want %q", c.f, g, c.pr)
 		}
+	}
+}
+
+// Push sends a file in either format, and a spool, exactly as the file
+// (or the file the spool becomes) holds it.
+func TestPushFileAndSpool(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Create(filepath.Join(dir, "m.txt.spool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 700 { // 6300 samples: more than one batch with the spool's
+		if err := st.Append(1795628928000+int64(i)*10, tick(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	om, prom := filepath.Join(dir, "m.txt"), filepath.Join(dir, "m.prom")
+	if err := st.WriteFile(om, store.OpenMetrics); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.WriteFile(prom, store.Prometheus); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	for _, c := range []struct{ path, file string }{{om, om}, {prom, prom}, {st.Path(), om}} {
+		rc, srv := newReceiver(t)
+		var stderr bytes.Buffer
+		if err := Push(c.path, Options{URL: srv.URL, Timeout: 5 * time.Second, Stderr: &stderr}); err != nil {
+			t.Fatalf("push %s: %v", c.path, err)
+		}
+		data, err := os.ReadFile(c.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := metricsfile.Parse(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string][]sample{}
+		n := 0
+		for _, s := range f.Series {
+			for _, p := range s.Points {
+				want[metricsfile.Key(s.Name, s.Labels)] = append(want[metricsfile.Key(s.Name, s.Labels)], sample{p.Value, p.TimestampMs})
+				n++
+			}
+		}
+		if n != 700*9 {
+			t.Fatalf("%s: %d samples", c.file, n)
+		}
+		sameSamples(t, rc.got, want)
+		if !strings.Contains(stderr.String(), fmt.Sprintf("%d samples sent", n)) {
+			t.Errorf("push %s: %q", c.path, stderr.String())
+		}
+	}
+}
+
+// With SE_METRICS_FORMAT=prometheus the series sent are the ones of that
+// file: le="1" rather than le="1.0".
+func TestFollowPrometheusFormat(t *testing.T) {
+	rc, srv := newReceiver(t)
+	st, stderr, err := run(t, Options{URL: srv.URL}, 20, time.Millisecond)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	want, _ := fileSamples(t, st, store.Prometheus)
+	sameSamples(t, rc.got, want)
+	if _, ok := rc.got[`rw_latency_seconds_bucket{job="statexec",le="1"}`]; !ok {
+		t.Errorf("no le=\"1\" bucket among %d series", len(rc.got))
 	}
 }
