@@ -45,9 +45,9 @@ const (
 	fSampleTimestamp        = 2
 )
 
-// encode returns the snappy-compressed WriteRequest of series; buf is
-// reused scratch space for the protobuf.
-func encode(series []*timeSeries, buf []byte) (body, scratch []byte) {
+// encode returns the snappy-compressed WriteRequest of series in dst's
+// space; buf is reused scratch space for the protobuf.
+func encode(series []*timeSeries, buf, dst []byte) (body, scratch []byte) {
 	b := buf[:0]
 	var ts, l []byte
 	for _, s := range series {
@@ -73,7 +73,7 @@ func encode(series []*timeSeries, buf []byte) (body, scratch []byte) {
 		b = protowire.AppendTag(b, fWriteRequestTimeseries, protowire.BytesType)
 		b = protowire.AppendBytes(b, ts)
 	}
-	return snappy.Encode(nil, b), b
+	return snappy.Encode(dst[:cap(dst)], b), b
 }
 
 // formatLe writes a bucket bound as the metrics file does (expfmt), so

@@ -12,15 +12,16 @@ import (
 	"github.com/statexec/statexec/internal/store"
 )
 
-// minSendEvery spaces the requests of a run sampled faster than this:
-// a request per 10 ms tick would cost more than the samples.
+// minSendEvery spaces the reads and requests of a run sampled faster
+// than this: a request per 10 ms tick would cost more than the samples.
 const minSendEvery = time.Second
 
 // Follower sends a run's samples while it runs. It reads the spool the
-// store has written (never the sampler's data), each Interval, and sends
-// at most once a second or when maxBatch values wait, so that neither
-// sampling nor the command waits on the network: a slow or absent server
-// only makes the backlog in the spool grow.
+// store has written (never the sampler's data) each Interval, but at
+// most once a second, and sends what it read in requests of at most
+// maxBatch values, so that neither sampling nor the command waits on the
+// network: a slow or absent server only makes the backlog in the spool
+// grow.
 type Follower struct {
 	o      Options
 	tail   *store.Tail
@@ -59,10 +60,8 @@ func Follow(path string, o Options) (*Follower, error) {
 func (f *Follower) loop() {
 	defer close(f.done)
 	b := newBatch()
-	every := max(f.o.Interval, minSendEvery)
-	tick := time.NewTicker(f.o.Interval)
+	tick := time.NewTicker(max(f.o.Interval, minSendEvery))
 	defer tick.Stop()
-	last := time.Now()
 	for {
 		stopping := false
 		select {
@@ -77,13 +76,12 @@ func (f *Follower) loop() {
 				f.failRest(b)
 				return
 			}
-			if b.samples >= maxBatch || (stopping || time.Since(last) >= every) && b.samples > 0 {
+			if b.samples >= maxBatch || n == 0 && b.samples > 0 {
 				if f.snd.send(f.ctx, b) != nil {
 					// The final flush's time is up: the rest fails.
 					f.failRest(b)
 					return
 				}
-				last = time.Now()
 				continue
 			}
 			if n == 0 {
@@ -113,11 +111,11 @@ func (f *Follower) read(b *batch) (int, error) {
 			if i >= len(parts) {
 				break
 			}
-			b.add(f.ids[si]+i, func() []label { return parts[i] }, tsMs, v)
+			b.add(f.ids[si]+i, parts[i], tsMs, v)
 		}
 		// The +Inf bucket the file adds when the histogram has none.
 		if len(parts) == len(vals)+1 {
-			b.add(f.ids[si]+len(vals), func() []label { return parts[len(vals)] }, tsMs, vals[0])
+			b.add(f.ids[si]+len(vals), parts[len(vals)], tsMs, vals[0])
 		}
 	})
 }

@@ -49,14 +49,11 @@ func Push(path string, o Options) error {
 		}
 	}
 	for id, s := range f.Series {
-		labels := func() []label {
-			l := []label{{"__name__", s.Name}}
-			for k, v := range s.Labels {
-				l = append(l, label{k, v})
-			}
-			sortLabels(l)
-			return l
+		labels := []label{{"__name__", s.Name}}
+		for k, v := range s.Labels {
+			labels = append(labels, label{k, v})
 		}
+		sortLabels(labels)
 		for _, p := range s.Points {
 			b.add(id, labels, p.TimestampMs, p.Value)
 			if b.samples >= maxBatch {

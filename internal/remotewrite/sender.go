@@ -51,12 +51,11 @@ type batch struct {
 
 func newBatch() *batch { return &batch{byID: map[int]*timeSeries{}} }
 
-// add appends a sample to the series id; labels is called only for a
-// series new to the batch.
-func (b *batch) add(id int, labels func() []label, tsMs int64, v float64) {
+// add appends a sample to the series id (labels are those of id).
+func (b *batch) add(id int, labels []label, tsMs int64, v float64) {
 	ts := b.byID[id]
 	if ts == nil {
-		ts = &timeSeries{labels: labels()}
+		ts = &timeSeries{labels: labels}
 		b.byID[id] = ts
 		b.series = append(b.series, ts)
 	}
@@ -80,7 +79,8 @@ type sender struct {
 	warned   bool // a warning about an unreachable or failing server was shown
 	refused  bool // a 4xx was shown
 	lastErr  error
-	buf      []byte
+	buf      []byte // protobuf scratch
+	out      []byte // compressed body scratch
 	username string
 	password string
 	hasAuth  bool
@@ -124,7 +124,8 @@ func (s *sender) send(ctx context.Context, b *batch) error {
 		return nil
 	}
 	var body []byte
-	body, s.buf = encode(b.series, s.buf)
+	body, s.buf = encode(b.series, s.buf, s.out)
+	s.out = body
 	backoff := minBackoff
 	for {
 		err := s.post(ctx, body)

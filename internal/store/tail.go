@@ -18,11 +18,12 @@ import (
 // all in the file yet) is left for the next call. It never touches the
 // writer's state, so the run does not wait for it.
 type Tail struct {
-	s   *Store // index of families and series, from the records read
-	f   *os.File
-	off int64  // file offset of buf[0]
-	buf []byte // bytes read from the file, from off
-	pos int    // bytes of buf consumed
+	s     *Store // index of families and series, from the records read
+	f     *os.File
+	off   int64  // file offset of buf[0]
+	buf   []byte // bytes read from the file, from off
+	pos   int    // bytes of buf consumed
+	chunk []byte // read buffer, kept between calls
 	// ticksRead counts tick records returned: a shift record after
 	// them would move samples already handed out.
 	ticksRead int
@@ -119,11 +120,13 @@ func (t *Tail) Next(max int, fn func(si int, tsMs int64, vals []float64)) (int, 
 
 // fill appends what the file holds after the buffered bytes.
 func (t *Tail) fill() error {
-	var chunk [64 << 10]byte
+	if t.chunk == nil {
+		t.chunk = make([]byte, 64<<10)
+	}
 	for {
-		k, err := t.f.ReadAt(chunk[:], t.off+int64(len(t.buf)))
-		t.buf = append(t.buf, chunk[:k]...)
-		if err == io.EOF || (err == nil && k < len(chunk)) {
+		k, err := t.f.ReadAt(t.chunk, t.off+int64(len(t.buf)))
+		t.buf = append(t.buf, t.chunk[:k]...)
+		if err == io.EOF || (err == nil && k < len(t.chunk)) {
 			return nil
 		}
 		if err != nil {
