@@ -356,8 +356,12 @@ var settings = []setting{
 // checkRemoteWriteURL accepts http(s)://[user:password@]host[:port]/path.
 func checkRemoteWriteURL(v string) error {
 	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("%q is not an http(s)://host:port/path URL", v)
+	if err != nil {
+		return errors.New("not an http(s)://host:port/path URL")
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		// Redacted: the userinfo holds a password.
+		return fmt.Errorf("%q is not an http(s)://host:port/path URL", u.Redacted())
 	}
 	return nil
 }
