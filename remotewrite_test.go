@@ -232,6 +232,43 @@ func TestRemoteWritePrometheus(t *testing.T) {
 	n = checkEverySample(t, "Prometheus", p.Series(t, `{rwrun="live"}`, time.Hour), f)
 	t.Logf("live: %d samples arrived exactly", n)
 
+	// Killed (SIGKILL) for 3 s mid-run: Prometheus keeps what it
+	// acknowledged in its WAL, statexec resends the rest.
+	stop := filepath.Join(t.TempDir(), "stop")
+	cmd := newCmd(t, []string{"SE_INTERVAL=50ms", "SE_REMOTE_WRITE_URL=" + p.WriteURL, "SE_LABEL_rwrun=killed"},
+		"exec", "sh", "-c", `while [ ! -e "$0" ]; do sleep 0.02; done`, stop)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(p.Series(t, `{rwrun="killed"}`, time.Hour)) == 0 {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no sample arrived during the run within 15 s; stderr:\n%s", stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	p.Kill(t)
+	time.Sleep(3 * time.Second) // the outage being tested
+	p.Restart(t)
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("statexec: %v\n%s", err, stderr.String())
+	}
+	f = testenv.ParseFile(t, fileOf(cmd.Env))
+	if sent, failed := sentFailed(t, stderr.String()); failed != 0 || sent != countSamples(f) {
+		t.Fatalf("sent %d failed %d, file has %d samples\n%s", sent, failed, countSamples(f), stderr.String())
+	}
+	if c := strings.Count(stderr.String(), "retrying"); c != 1 {
+		t.Errorf("want one warning about the outage, got %d:\n%s", c, stderr.String())
+	}
+	n = checkEverySample(t, "Prometheus", p.Series(t, `{rwrun="killed"}`, time.Hour), f)
+	t.Logf("killed 3 s mid-run: %d samples arrived exactly, none twice", n)
+
 	// 2024-01-01: far older than what the head takes now.
 	r = statexec(t, "", []string{"SE_INTERVAL=100ms", "SE_TIME_RELATIVE=1704067200000", "SE_REMOTE_WRITE_URL=" + p.WriteURL,
 		"SE_REMOTE_WRITE_TIMEOUT=5", "SE_LABEL_rwrun=old"}, "exec", "true")

@@ -96,7 +96,7 @@ func StartPrometheus(t testing.TB) *Prometheus {
 		}
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		p := &Prometheus{URL: "http://" + addr, WriteURL: "http://" + addr + "/api/v1/write",
-			LogFile: filepath.Join(dir, fmt.Sprintf("prometheus-%d.log", attempt)), exited: make(chan struct{})}
+			LogFile: filepath.Join(dir, fmt.Sprintf("prometheus-%d.log", attempt))}
 		logf, err := os.Create(p.LogFile)
 		if err != nil {
 			t.Fatal(err)
@@ -104,17 +104,10 @@ func StartPrometheus(t testing.TB) *Prometheus {
 		p.cmd = exec.Command(bin, "--config.file="+cfg, "--web.listen-address="+addr,
 			"--storage.tsdb.path="+filepath.Join(dir, fmt.Sprintf("data-%d", attempt)),
 			"--web.enable-remote-write-receiver", "--log.level=warn")
-		p.cmd.Stdout, p.cmd.Stderr, p.cmd.Dir = logf, logf, dir
-		setProcAttr(p.cmd)
-		if err := p.cmd.Start(); err != nil {
-			logf.Close()
+		p.cmd.Dir = dir
+		if err := p.start(logf); err != nil {
 			t.Fatalf("start %s: %v", bin, err)
 		}
-		logf.Close()
-		go func() {
-			_ = p.cmd.Wait()
-			close(p.exited)
-		}()
 		if p.waitReady(vmStartTimeout) {
 			t.Cleanup(p.stop)
 			return p
@@ -127,6 +120,57 @@ func StartPrometheus(t testing.TB) *Prometheus {
 	}
 	t.Fatal("prometheus: no free port after 3 tries")
 	return nil
+}
+
+// start starts p.cmd logging to logf (closed here).
+func (p *Prometheus) start(logf *os.File) error {
+	defer logf.Close()
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	setProcAttr(p.cmd)
+	if err := p.cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	p.exited = exited
+	cmd := p.cmd
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	return nil
+}
+
+// Kill ends Prometheus with SIGKILL and waits until it has exited: what
+// it acknowledged is in its write-ahead log (in the page cache), so a
+// restart replays it.
+func (p *Prometheus) Kill(t testing.TB) {
+	t.Helper()
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.exited:
+	case <-time.After(vmStopTimeout):
+		t.Fatal("prometheus did not exit after SIGKILL")
+	}
+}
+
+// Restart starts Prometheus again on the same address and storage after
+// Kill, and waits until it is ready (its WAL replayed).
+func (p *Prometheus) Restart(t testing.TB) {
+	t.Helper()
+	logf, err := os.OpenFile(p.LogFile, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := p.cmd
+	p.cmd = exec.Command(old.Path, old.Args[1:]...)
+	p.cmd.Dir = old.Dir
+	if err := p.start(logf); err != nil {
+		t.Fatalf("restart prometheus: %v", err)
+	}
+	if !p.waitReady(vmStartTimeout) {
+		log, _ := os.ReadFile(p.LogFile)
+		t.Fatalf("prometheus not ready after restart; log:\n%s", tail(string(log), 30))
+	}
 }
 
 func (p *Prometheus) waitReady(d time.Duration) bool {
