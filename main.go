@@ -84,7 +84,9 @@ be empty. A label with an empty value is left out of the file: in Prometheus
 an empty label is an absent one.
 
 Exit status: the command's; 128+N if it was killed by signal N; 2 for bad
-usage; 126 if the command cannot be executed; 127 if it is not found.
+usage; 126 if the command cannot be executed; 127 if it is not found; 1 if
+the file could not be written or remote write did not deliver every sample
+(when the command's own code is 0).
 `
 
 func main() {

@@ -454,3 +454,29 @@ func TestFollowPrometheusFormat(t *testing.T) {
 		t.Errorf("no le=\"1\" bucket among %d series", len(rc.got))
 	}
 }
+
+// A server that accepts the connection but never answers: the final
+// flush still ends after the timeout, the samples counted failed.
+func TestHangingServerBoundedByTimeout(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	start := time.Now()
+	st, stderr, err := run(t, Options{URL: srv.URL, Timeout: 300 * time.Millisecond, OpenMetrics: true}, 20, time.Millisecond)
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("took %v with a 300ms timeout", took)
+	}
+	if err == nil {
+		t.Fatal("no error")
+	}
+	_, n := fileSamples(t, st)
+	if !strings.Contains(stderr, fmt.Sprintf("0 samples sent to %s, %d failed", srv.URL, n)) {
+		t.Errorf("final line: %q", stderr)
+	}
+}
