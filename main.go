@@ -31,6 +31,7 @@ Usage:
   statexec [flags] syncStart <url> <command> [args...]
   statexec [flags] syncStartAndStop <url> <command> [args...]
   statexec recover <spool> [output]
+  statexec [flags] push <file> <url>
   statexec report [--text] [-o report.html] <file>...
   statexec help | version
 
@@ -42,6 +43,8 @@ Modes:
   syncStart          POST <url>/start, then run the command
   syncStartAndStop   as syncStart; POST <url>/stop after the command ended
   recover            turn the spool of an interrupted run into a metrics file
+  push               send a metrics file (or a spool) with its own timestamps
+                     to a remote-write URL (Prometheus remote write 1.0)
   report             write one offline HTML page with the files' charts and
                      summary (several files: overlaid, with ratios to the
                      first); default output: the first file with .html;
@@ -65,6 +68,15 @@ Flags (may also follow the mode, up to the command; they win over variables):
       --sync-timeout SECONDS SE_SYNC_TIMEOUT              how long a client retries (30)
       --stop-grace SECONDS   SE_STOP_GRACE                grace between stop signals (5)
       --report PATH          SE_REPORT                    also write the HTML report here at the end
+      --remote-write URL     SE_REMOTE_WRITE_URL          also send the samples during the run (remote write
+                                                          1.0), e.g. http://vm:8428/api/v1/write; basic
+                                                          auth from the URL's user:password@
+      --remote-write-bearer-token TOKEN
+                             SE_REMOTE_WRITE_BEARER_TOKEN Authorization: Bearer TOKEN
+      --remote-write-headers LINES
+                             SE_REMOTE_WRITE_HEADERS      extra "Name: value" header lines (X-Scope-OrgID)
+      --remote-write-timeout SECONDS
+                             SE_REMOTE_WRITE_TIMEOUT      bound of the final flush (30)
 
 A variable set to the empty string counts as unset: its default applies
 (SE_METRICS_FILE= writes /tmp/statexec_metrics.txt). A flag's value must not
@@ -72,7 +84,9 @@ be empty. A label with an empty value is left out of the file: in Prometheus
 an empty label is an absent one.
 
 Exit status: the command's; 128+N if it was killed by signal N; 2 for bad
-usage; 126 if the command cannot be executed; 127 if it is not found.
+usage; 126 if the command cannot be executed; 127 if it is not found; 1 if
+the file could not be written or remote write did not deliver every sample
+(when the command's own code is 0).
 `
 
 func main() {
@@ -103,6 +117,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case config.ModeRecover:
 		return recoverSpool(inv, stdout, stderr)
+	case config.ModePush:
+		if err := modes.Push(inv.Args[0], inv.Args[1], inv.Config, os.Stderr); err != nil {
+			fmt.Fprintf(stderr, "statexec: %v\n", err)
+			return 1
+		}
+		return 0
 	}
 	return modes.Run(inv, modes.Options{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
 }

@@ -14,12 +14,16 @@
 #   4. peak RSS of statexec over `exec sleep N` (VmHWM), and its RSS at a
 #      quarter and at the end of the run (flat or not)
 #   5. iperf3 loopback throughput, client under statexec vs bare
+#   6. remote write at SE_INTERVAL=10ms to a local VictoriaMetrics:
+#      samples pushed per second, statexec's own CPU with and without it
+#      (pairs), and the rate of `statexec push` of the file
 # Each comparison runs for the plain backend and, where it loads (root),
 # the eBPF one. Uses perf (linux-perf), hyperfine, pidstat (sysstat) and
 # iperf3 (scripts/install-deps.sh installs them); a part whose tool is
 # missing is skipped with a line saying so. Knobs: ROUNDS (pairs per comparison),
 # CPU_SECS_1S / CPU_SECS_100MS (length of the steady runs), PIPE_LOOPS,
-# TRUE_RUNS (runs of `true` per side of a pair), RSS_SECS, IPERF_SECS.
+# TRUE_RUNS (runs of `true` per side of a pair), RSS_SECS, IPERF_SECS,
+# RW_SECS (part 6, remote write).
 # Figures from a machine that other work keeps busy are not figures: look
 # at the spread before quoting a median.
 set -euo pipefail
@@ -285,4 +289,67 @@ if have iperf3; then
 	paired iperf Gbit/s "client under statexec(%s)" ratio
 else
 	echo "== 5. skipped: iperf3 not installed"
+fi
+
+# 6. remote write (issue 12, helper "remote"): the samples per second a
+# run at SE_INTERVAL=10ms pushes (with the eBPF series when they load)
+# and the own CPU it costs: statexec's CPU per second of run with
+# SE_REMOTE_WRITE_URL minus without, per pair, over the steady window of
+# part 1. Then `statexec push` of that run's file: samples per second.
+RW_SECS=${RW_SECS:-8}
+if have victoria-metrics; then
+	m=${MODES[${#MODES[@]} - 1]}
+	echo "== 6. remote write at SE_INTERVAL=10ms, statexec($m), exec sleep $RW_SECS, to a local VictoriaMetrics ($ROUNDS pairs)"
+	vmport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	victoria-metrics -httpListenAddr=127.0.0.1:"$vmport" -storageDataPath="$TMP/vm" -retentionPeriod=100y >"$TMP/vm.log" 2>&1 &
+	PIDS+=($!)
+	for ((i = 0; i < 100; i++)); do
+		curl -fs "http://127.0.0.1:$vmport/health" >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+	RW_URL=http://127.0.0.1:$vmport/api/v1/write
+	WARM_MS=$((RW_SECS * 250)) WINDOW_MS=$((RW_SECS * 750 - 1500))
+	: >"$TMP/rw-off" && : >"$TMP/rw-on" && : >"$TMP/rw-added" && : >"$TMP/rw-rate"
+	for ((r = 0; r < ROUNDS; r++)); do
+		off=""
+		for rw in off on; do
+			url=""
+			if [[ $rw == on ]]; then url=$RW_URL; fi
+			start=$(now_ms)
+			SE_REMOTE_WRITE_URL=$url SE_INTERVAL=10ms SE_PROBES=$m SE_METRICS_FILE=$TMP/rw-$rw.txt SE_SUMMARY=0 \
+				"$BIN" exec sleep "$RW_SECS" 2>"$TMP/rw-$rw.err" &
+			pid=$!
+			PIDS+=("$pid")
+			w=$(window "$pid" "$start")
+			if ! wait "$pid" || [[ -z $w ]]; then
+				echo "  round $r, remote write $rw: statexec failed or ended early; round skipped: $(tail -1 "$TMP/rw-$rw.err")" >&2
+				off=""
+				continue
+			fi
+			v=$(awk -v c="${w%% *}" -v a="$(cut -d' ' -f2 <<<"$w")" -v b="${w##* }" 'BEGIN { printf "%.6g\n", c / 1e6 / ((b - a) / 1000) }')
+			echo "$v" >>"$TMP/rw-$rw"
+			if [[ $rw == off ]]; then
+				off=$v
+			else
+				if [[ -n $off ]]; then sub "$v" "$off" >>"$TMP/rw-added"; fi
+				sent=$(sed -n 's/.*remote write: \([0-9]*\) samples sent.*/\1/p' "$TMP/rw-on.err")
+				if [[ -n $sent ]]; then div "$sent" "$RW_SECS" >>"$TMP/rw-rate"; fi
+			fi
+		done
+	done
+	row "samples pushed per second of run" "$TMP/rw-rate" samples/s
+	row "statexec CPU without remote write" "$TMP/rw-off" ms/s
+	row "statexec CPU with remote write" "$TMP/rw-on" ms/s
+	row "  added by pushing, per pair" "$TMP/rw-added" ms/s
+	: >"$TMP/push-rate"
+	n=$(grep -vc '^#' "$TMP/rw-on.txt" || true)
+	for ((r = 0; r < ROUNDS; r++)); do
+		t0=$(date +%s%N)
+		"$BIN" push "$TMP/rw-on.txt" "$RW_URL" 2>/dev/null || { echo "  push failed" >&2; continue; }
+		t1=$(date +%s%N)
+		awk -v n="$n" -v d="$((t1 - t0))" 'BEGIN { printf "%.6g\n", n / (d / 1e9) }' >>"$TMP/push-rate"
+	done
+	row "statexec push of that file ($n samples)" "$TMP/push-rate" samples/s
+else
+	echo "== 6. skipped: victoria-metrics not installed"
 fi

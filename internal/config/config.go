@@ -5,6 +5,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,6 +22,7 @@ const (
 	ModeSyncStart        = "syncStart"
 	ModeSyncStartAndStop = "syncStartAndStop"
 	ModeRecover          = "recover"
+	ModePush             = "push"
 	ModeHelp             = "help"
 	ModeVersion          = "version"
 )
@@ -39,6 +41,8 @@ const (
 	DefaultListen      = ":8080"
 	DefaultSyncTimeout = 30 * time.Second
 	DefaultStopGrace   = 5 * time.Second
+	// DefaultRemoteWriteTimeout bounds the final flush of remote write.
+	DefaultRemoteWriteTimeout = 30 * time.Second
 	// maxLabelValueLen keeps a label value below VictoriaMetrics' default
 	// -maxLabelValueLen (16 KiB), which would otherwise truncate it.
 	maxLabelValueLen = 16000
@@ -64,14 +68,26 @@ type Config struct {
 	SyncTimeout    time.Duration
 	StopGrace      time.Duration
 	Report         string // HTML report written after the metrics file; "" for none
+	RemoteWrite    RemoteWrite
 }
+
+// RemoteWrite configures live remote write (SE_REMOTE_WRITE_*) and push.
+type RemoteWrite struct {
+	URL         string // "" for none
+	BearerToken string
+	Headers     []Header
+	Timeout     time.Duration
+}
+
+// Header is one extra HTTP header of remote write.
+type Header struct{ Name, Value string }
 
 // Invocation is what statexec was asked to do.
 type Invocation struct {
 	Mode    string
 	URL     string   // sync modes
 	Command []string // the command and its arguments
-	Args    []string // recover: spool and optional output
+	Args    []string // recover: spool and optional output; push: file and URL
 	Config  Config
 }
 
@@ -133,6 +149,7 @@ func Parse(args, env []string, hostname string) (*Invocation, error) {
 		Listen:         DefaultListen,
 		SyncTimeout:    DefaultSyncTimeout,
 		StopGrace:      DefaultStopGrace,
+		RemoteWrite:    RemoteWrite{Timeout: DefaultRemoteWriteTimeout},
 	}
 	envLabels, err := applyEnv(&cfg, env)
 	if err != nil {
@@ -158,6 +175,19 @@ func Parse(args, env []string, hostname string) (*Invocation, error) {
 	case inv.Mode == ModeRecover:
 		if len(rest) < 1 || len(rest) > 2 {
 			return nil, usageAndf("recover needs a spool file and an optional output file")
+		}
+		inv.Args = rest
+		inv.Config = cfg
+		return inv, nil
+	case inv.Mode == ModePush:
+		if rest, err = parseFlags(&cfg, &flagLabels, rest); err != nil {
+			return nil, err
+		}
+		if len(rest) != 2 {
+			return nil, usageAndf("push needs a metrics file (or spool) and a remote-write URL")
+		}
+		if err := checkRemoteWriteURL(rest[1]); err != nil {
+			return nil, usagef("invalid push URL: %v", err)
 		}
 		inv.Args = rest
 		inv.Config = cfg
@@ -299,6 +329,59 @@ var settings = []setting{
 		c.StopGrace = d
 		return err
 	}},
+	// Remote write (issue 12).
+	{"SE_REMOTE_WRITE_URL", "remote-write", "", func(c *Config, v string) error {
+		if err := checkRemoteWriteURL(v); err != nil {
+			return err
+		}
+		c.RemoteWrite.URL = v
+		return nil
+	}},
+	{"SE_REMOTE_WRITE_BEARER_TOKEN", "remote-write-bearer-token", "", func(c *Config, v string) error {
+		c.RemoteWrite.BearerToken = v
+		return nil
+	}},
+	{"SE_REMOTE_WRITE_HEADERS", "remote-write-headers", "", func(c *Config, v string) error {
+		h, err := parseHeaders(v)
+		c.RemoteWrite.Headers = h
+		return err
+	}},
+	{"SE_REMOTE_WRITE_TIMEOUT", "remote-write-timeout", "", func(c *Config, v string) error {
+		d, err := parseSeconds(v)
+		c.RemoteWrite.Timeout = d
+		return err
+	}},
+}
+
+// checkRemoteWriteURL accepts http(s)://[user:password@]host[:port]/path.
+func checkRemoteWriteURL(v string) error {
+	u, err := url.Parse(v)
+	if err != nil {
+		return errors.New("not an http(s)://host:port/path URL")
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		// Redacted: the userinfo holds a password.
+		return fmt.Errorf("%q is not an http(s)://host:port/path URL", u.Redacted())
+	}
+	return nil
+}
+
+// parseHeaders reads "Name: value" lines (empty lines are skipped).
+func parseHeaders(v string) ([]Header, error) {
+	var out []Header
+	for _, line := range strings.Split(v, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		name, value, ok := strings.Cut(line, ":")
+		name = strings.TrimSpace(name)
+		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+			return nil, fmt.Errorf("%q is not a \"Name: value\" line", line)
+		}
+		out = append(out, Header{Name: name, Value: strings.TrimSpace(value)})
+	}
+	return out, nil
 }
 
 // parseSeconds accepts a non-negative number of seconds ("5", "0.5") or a

@@ -242,3 +242,54 @@ func TestReportSetting(t *testing.T) {
 		t.Fatalf("default: %+v, %v", inv, err)
 	}
 }
+
+// Remote write (issue 12): every variable has its flag, the flag wins,
+// headers are "Name: value" lines, and push takes a file and a URL.
+func TestRemoteWriteSettings(t *testing.T) {
+	env := []string{"SE_REMOTE_WRITE_URL=http://u:p@vm:8428/api/v1/write", "SE_REMOTE_WRITE_BEARER_TOKEN=tok",
+		"SE_REMOTE_WRITE_HEADERS=X-Scope-OrgID: team-a\n\nX-Other:  two words ", "SE_REMOTE_WRITE_TIMEOUT=2.5"}
+	inv, err := parse(t, env, "exec", "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := RemoteWrite{URL: "http://u:p@vm:8428/api/v1/write", BearerToken: "tok",
+		Headers: []Header{{"X-Scope-OrgID", "team-a"}, {"X-Other", "two words"}}, Timeout: 2500 * time.Millisecond}
+	if !reflect.DeepEqual(inv.Config.RemoteWrite, want) {
+		t.Fatalf("from the environment: %+v, want %+v", inv.Config.RemoteWrite, want)
+	}
+	inv, err = parse(t, env, "--remote-write", "https://prom:9090/api/v1/write", "--remote-write-bearer-token=t2",
+		"--remote-write-headers", "A: b", "--remote-write-timeout", "1s", "exec", "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = RemoteWrite{URL: "https://prom:9090/api/v1/write", BearerToken: "t2", Headers: []Header{{"A", "b"}}, Timeout: time.Second}
+	if !reflect.DeepEqual(inv.Config.RemoteWrite, want) {
+		t.Fatalf("flags: %+v, want %+v", inv.Config.RemoteWrite, want)
+	}
+	def, _ := parse(t, nil, "exec", "true")
+	if def.Config.RemoteWrite.URL != "" || def.Config.RemoteWrite.Timeout != 30*time.Second {
+		t.Fatalf("defaults: %+v", def.Config.RemoteWrite)
+	}
+	for _, bad := range [][]string{
+		{"--remote-write", "vm:8428/api/v1/write", "exec", "true"},
+		{"--remote-write", "ftp://vm/x", "exec", "true"},
+		{"--remote-write-headers", "no colon", "exec", "true"},
+		{"--remote-write-headers", "Bad Name: x", "exec", "true"},
+		{"--remote-write-timeout", "-1", "exec", "true"},
+		{"push", "file.txt"},
+		{"push", "file.txt", "not-a-url"},
+		{"push", "a", "http://vm/api/v1/write", "extra"},
+	} {
+		if _, err := parse(t, nil, bad...); err == nil || !IsUsage(err) {
+			t.Errorf("%q: want a usage error, got %v", bad, err)
+		}
+	}
+	inv, err = parse(t, []string{"SE_REMOTE_WRITE_TIMEOUT=3"}, "push", "--remote-write-bearer-token", "x", "m.txt", "http://vm:8428/api/v1/write")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.Mode != ModePush || strings.Join(inv.Args, " ") != "m.txt http://vm:8428/api/v1/write" ||
+		inv.Config.RemoteWrite.BearerToken != "x" || inv.Config.RemoteWrite.Timeout != 3*time.Second {
+		t.Fatalf("push: %+v", inv)
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/statexec/statexec/internal/config"
 	"github.com/statexec/statexec/internal/host"
 	"github.com/statexec/statexec/internal/probe"
+	"github.com/statexec/statexec/internal/remotewrite"
 	"github.com/statexec/statexec/internal/report"
 	"github.com/statexec/statexec/internal/sampler"
 	"github.com/statexec/statexec/internal/store"
@@ -61,6 +62,7 @@ type run struct {
 	stopLoop context.CancelFunc
 	loopDone chan struct{}
 	srv      *syncctl.Server
+	rw       *remotewrite.Follower // remote write, when configured
 
 	child    *child
 	childErr error // the command could not start
@@ -163,6 +165,9 @@ func (r *run) setup() (int, error) {
 	r.clockStart = clock.Start()
 	r.hintRetention()
 	r.smp = sampler.New(reg, r.st, clock, duration, r.stderr)
+	if err := r.startRemoteWrite(); err != nil {
+		return ExitUsage, err
+	}
 	return 0, nil
 }
 
@@ -387,6 +392,7 @@ func (r *run) finish(code int) int {
 	// complete. (SIGKILL still ends statexec; the spool then remains.)
 	r.points = r.st.Points()
 	writeErr := r.st.WriteFile(r.cfg.MetricsFile, formatOf(r.cfg.Format))
+	code = r.finishRemoteWrite(code)
 	summary := r.probe.Summary()
 	// Kills what is left of the command's tree and removes its cgroup.
 	if err := r.probe.Close(); err != nil {

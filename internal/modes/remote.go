@@ -1,0 +1,61 @@
+//go:build linux
+
+package modes
+
+import (
+	"net/http"
+	"os"
+
+	"github.com/statexec/statexec/internal/config"
+	"github.com/statexec/statexec/internal/remotewrite"
+)
+
+// RemoteWriteOptions turns the configuration into remote-write options.
+func RemoteWriteOptions(cfg config.Config, stderr *os.File) remotewrite.Options {
+	h := http.Header{}
+	for _, x := range cfg.RemoteWrite.Headers {
+		h.Add(x.Name, x.Value)
+	}
+	return remotewrite.Options{
+		URL:         cfg.RemoteWrite.URL,
+		BearerToken: cfg.RemoteWrite.BearerToken,
+		Header:      h,
+		Timeout:     cfg.RemoteWrite.Timeout,
+		Interval:    cfg.Interval,
+		OpenMetrics: cfg.Format != config.FormatPrometheus,
+		Stderr:      stderr,
+	}
+}
+
+// startRemoteWrite follows the spool when SE_REMOTE_WRITE_URL is set.
+func (r *run) startRemoteWrite() error {
+	if r.cfg.RemoteWrite.URL == "" {
+		return nil
+	}
+	f, err := remotewrite.Follow(r.st.Path(), RemoteWriteOptions(r.cfg, r.o.Stderr))
+	if err != nil {
+		return err
+	}
+	r.rw = f
+	return nil
+}
+
+// finishRemoteWrite sends the rest (bounded by SE_REMOTE_WRITE_TIMEOUT);
+// samples not sent make a success a failure, as a failed file write does.
+func (r *run) finishRemoteWrite(code int) int {
+	if r.rw == nil {
+		return code
+	}
+	err := r.rw.Finish()
+	r.rw = nil
+	if err != nil {
+		return failed(code)
+	}
+	return code
+}
+
+// Push sends a metrics file or spool to url (statexec push).
+func Push(file, url string, cfg config.Config, stderr *os.File) error {
+	cfg.RemoteWrite.URL = url
+	return remotewrite.Push(file, RemoteWriteOptions(cfg, stderr))
+}
