@@ -64,6 +64,12 @@ type Config struct {
 	SyncTimeout    time.Duration
 	StopGrace      time.Duration
 	Report         string // HTML report written after the metrics file; "" for none
+
+	// N-party sync (helper nparty): how many sync* clients a wait* server
+	// waits for (SE_SYNC_PARTIES, default 1) and whether it stops at the
+	// first or the last /stop (SE_SYNC_STOP).
+	SyncParties  int
+	SyncStopLast bool
 }
 
 // Invocation is what statexec was asked to do.
@@ -133,6 +139,7 @@ func Parse(args, env []string, hostname string) (*Invocation, error) {
 		Listen:         DefaultListen,
 		SyncTimeout:    DefaultSyncTimeout,
 		StopGrace:      DefaultStopGrace,
+		SyncParties:    1,
 	}
 	envLabels, err := applyEnv(&cfg, env)
 	if err != nil {
@@ -299,7 +306,28 @@ var settings = []setting{
 		c.StopGrace = d
 		return err
 	}},
+	// N-party sync (helper nparty).
+	{"SE_SYNC_PARTIES", "parties", "", func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || n > maxSyncParties {
+			return fmt.Errorf("%q is not a number of clients from 1 to %d", v, maxSyncParties)
+		}
+		c.SyncParties = n
+		return nil
+	}},
+	{"SE_SYNC_STOP", "sync-stop", "", func(c *Config, v string) error {
+		switch v {
+		case "first", "last":
+			c.SyncStopLast = v == "last"
+			return nil
+		}
+		return fmt.Errorf("%q is not first or last", v)
+	}},
 }
+
+// maxSyncParties bounds SE_SYNC_PARTIES: each waiting party holds a
+// connection and a goroutine on the server.
+const maxSyncParties = 1000
 
 // parseSeconds accepts a non-negative number of seconds ("5", "0.5") or a
 // Go duration ("1500ms").

@@ -94,8 +94,13 @@ func (r *run) listen() error {
 		Token:     r.cfg.SyncToken,
 		AllowStop: r.inv.Mode == config.ModeWaitStartAndStop,
 		Command:   strings.Join(r.inv.Command, " "),
-		Start:     r.onStart,
+		StartAt:   r.onStart,
 		Stop:      func() {}, // the run loop watches StopRequested
+		// N-party sync: the barrier waits SE_SYNC_TIMEOUT from the
+		// first client on.
+		Parties:      r.cfg.SyncParties,
+		StopLast:     r.cfg.SyncStopLast,
+		PartyTimeout: r.cfg.SyncTimeout,
 	})
 	return r.srv.Listen()
 }
@@ -153,17 +158,18 @@ func (r *run) settle() {
 	}
 }
 
-// onStart is the sync server's Start callback: /start came. It is the
+// onStart is the sync server's Start callback: /start came, at is the
 // sync instant; without a wait before the command, the command starts
-// now (so that a failure to start answers 500).
-func (r *run) onStart() error {
-	at := time.Now()
+// now (so that a failure to start answers 500). With N parties, at is
+// the common start instant, a few milliseconds ahead: phases sleeps until
+// then (as the clients do) and starts the command.
+func (r *run) onStart(at time.Time) error {
 	// A signal that came first ends the run: refuse rather than start.
 	if r.signalArrived() {
 		return syncctl.ErrEnding
 	}
 	r.syncAt(at)
-	if r.cfg.WaitBefore > 0 {
+	if r.cfg.WaitBefore > 0 || r.cfg.SyncParties > 1 {
 		return nil
 	}
 	return r.startCommand()
@@ -177,7 +183,11 @@ func (r *run) serveUntilStarted() (int, bool) {
 			r.errorf("sync server: %v", err)
 		}
 	}()
-	r.errorf("waiting for POST /start on %s", r.srv.Addr())
+	if r.cfg.SyncParties > 1 {
+		r.errorf("waiting for POST /start from %d parties on %s", r.cfg.SyncParties, r.srv.Addr())
+	} else {
+		r.errorf("waiting for POST /start on %s", r.srv.Addr())
+	}
 	var tooLate <-chan time.Time
 	// Waiting longer than the origin would put the first samples below 0
 	// (origins past 2262 overflow a Duration: no limit then).
@@ -210,6 +220,9 @@ func (r *run) serveUntilStarted() (int, bool) {
 			return ExitUsage, false
 		case <-r.startFailedC:
 			return r.startFailed(r.childErr)
+		case <-r.srv.Abandoned():
+			r.errorf("%s; the command is not run", r.srv.Status().Error)
+			return 1, false
 		}
 	}
 }
