@@ -77,6 +77,9 @@ type run struct {
 	// before /start (see signalArrived); stopWatch releases them.
 	arrived, settled chan os.Signal
 	stopWatch        func()
+	// partyStopFirst: this sync* client started with an N-party server
+	// whose stop policy is first (see afterCommand).
+	partyStopFirst bool
 }
 
 // Run runs the invocation and returns statexec's exit code.

@@ -249,8 +249,14 @@ func (r *run) send(action string) (time.Time, error) {
 	var at time.Time
 	var err error
 	if action == "start" {
-		at, err = syncctl.SendStart(ctx, r.inv.URL, opts)
+		var info syncctl.StartInfo
+		info, err = syncctl.SendStartInfo(ctx, r.inv.URL, opts)
+		at, r.partyStopFirst = info.At, info.StopFirst
 	} else {
+		if r.partyStopFirst {
+			// The first party's /stop ends the server: it may be gone.
+			opts.Timeout = partyStopTimeout
+		}
 		err = syncctl.Send(ctx, r.inv.URL, action, opts)
 	}
 	close(done)
@@ -274,8 +280,19 @@ func (r *run) afterCommand(code int) int {
 		return code
 	}
 	if _, err := r.send("stop"); err != nil {
+		var se *syncctl.StatusError
+		if r.partyStopFirst && r.interrupted == nil && !errors.As(err, &se) {
+			// Not an answer but no server: with policy first another
+			// party's /stop ended it, as it should.
+			r.errorf("POST /stop: the server has ended already (SE_SYNC_STOP=first: another party stopped it)")
+			return code
+		}
 		r.errorf("%v", err)
 		return failed(code)
 	}
 	return code
 }
+
+// partyStopTimeout bounds a /stop to an N-party server whose policy is
+// first: it is gone if another party stopped it before.
+const partyStopTimeout = 2 * time.Second

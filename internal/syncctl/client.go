@@ -99,16 +99,33 @@ func Send(ctx context.Context, baseURL, action string, opts ClientOptions) error
 // arrival less half the round trip in RTTHeader) plus that header; it
 // may lie in the future.
 func SendStart(ctx context.Context, baseURL string, opts ClientOptions) (time.Time, error) {
+	info, err := send(ctx, baseURL, "start", opts)
+	return info.At, err
+}
+
+// StartInfo is what a successful /start said.
+type StartInfo struct {
+	At time.Time // the sync instant, as SendStart returns it
+	// Party: the server is an N-party one (the 201 had StartInHeader).
+	Party bool
+	// StopFirst: an N-party server that stops at the first /stop
+	// (StopPolicyHeader "first"): it may be gone when this party posts
+	// its own /stop.
+	StopFirst bool
+}
+
+// SendStartInfo is SendStart that also says what kind of server answered.
+func SendStartInfo(ctx context.Context, baseURL string, opts ClientOptions) (StartInfo, error) {
 	return send(ctx, baseURL, "start", opts)
 }
 
-func send(ctx context.Context, baseURL, action string, opts ClientOptions) (time.Time, error) {
+func send(ctx context.Context, baseURL, action string, opts ClientOptions) (StartInfo, error) {
 	if action != "start" && action != "stop" {
-		return time.Time{}, fmt.Errorf("syncctl: unknown action %q: want start or stop", action)
+		return StartInfo{}, fmt.Errorf("syncctl: unknown action %q: want start or stop", action)
 	}
 	target, err := actionURL(baseURL, action)
 	if err != nil {
-		return time.Time{}, err
+		return StartInfo{}, err
 	}
 	timeout := opts.Timeout
 	if timeout <= 0 {
@@ -152,13 +169,13 @@ func send(ctx context.Context, baseURL, action string, opts ClientOptions) (time
 			return synced, err
 		}
 		if ctx.Err() != nil {
-			return time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
+			return StartInfo{}, fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
 		}
 		if !retryable(err, written) {
 			if written {
-				return time.Time{}, fmt.Errorf("syncctl: POST %s: request sent but no answer (the server may have acted on it): %w", target, err)
+				return StartInfo{}, fmt.Errorf("syncctl: POST %s: request sent but no answer (the server may have acted on it): %w", target, err)
 			}
-			return time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, err)
+			return StartInfo{}, fmt.Errorf("syncctl: POST %s: %w", target, err)
 		}
 		// An attempt cut short by our own deadline says less than the
 		// previous error (usually "connection refused").
@@ -170,17 +187,17 @@ func send(ctx context.Context, baseURL, action string, opts ClientOptions) (time
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
-			return time.Time{}, giveUp()
+			return StartInfo{}, giveUp()
 		}
 		t := time.NewTimer(min(backoff, remaining))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
+			return StartInfo{}, fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
 		case <-t.C:
 		}
 		if !time.Now().Before(deadline) {
-			return time.Time{}, giveUp()
+			return StartInfo{}, giveUp()
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
@@ -193,7 +210,7 @@ func send(ctx context.Context, baseURL, action string, opts ClientOptions) (time
 //
 // A 102 Processing with PartiesHeader (an N-party server: the other
 // parties are not all there yet) extends the attempt's bound to longPoll.
-func post(ctx context.Context, client *http.Client, target, action, token string, timeout time.Duration, longPoll time.Time) (done, written bool, synced time.Time, err error) {
+func post(ctx context.Context, client *http.Client, target, action, token string, timeout time.Duration, longPoll time.Time) (done, written bool, synced StartInfo, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wrote atomic.Bool
@@ -240,7 +257,7 @@ func post(ctx context.Context, client *http.Client, target, action, token string
 	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, http.NoBody)
 	if err != nil {
-		return true, false, time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, err)
+		return true, false, StartInfo{}, fmt.Errorf("syncctl: POST %s: %w", target, err)
 	}
 	req.Header.Set("User-Agent", "statexec-syncctl")
 	if token != "" {
@@ -257,7 +274,7 @@ func post(ctx context.Context, client *http.Client, target, action, token string
 		if cause, ok := errors.AsType[*noAnswerError](context.Cause(ctx)); ok {
 			err = cause
 		}
-		return false, wrote.Load(), time.Time{}, err
+		return false, wrote.Load(), StartInfo{}, err
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxReplyBody))
@@ -265,15 +282,19 @@ func post(ctx context.Context, client *http.Client, target, action, token string
 		mu.Lock()
 		defer mu.Unlock()
 		if in := resp.Header.Get(StartInHeader); in != "" && action == "start" {
-			return true, true, startInstant(headersAt, resp.Header.Get(RTTHeader), in), nil
+			return true, true, StartInfo{
+				At:        startInstant(headersAt, resp.Header.Get(RTTHeader), in),
+				Party:     true,
+				StopFirst: resp.Header.Get(StopPolicyHeader) == "first",
+			}, nil
 		}
-		return true, true, syncInstant(sentAt, answeredAt, resp.Header.Get(SyncDelayHeader)), nil
+		return true, true, StartInfo{At: syncInstant(sentAt, answeredAt, resp.Header.Get(SyncDelayHeader))}, nil
 	}
 	status := resp.Status
 	if status == "" {
 		status = strconv.Itoa(resp.StatusCode)
 	}
-	return true, true, time.Time{}, &StatusError{
+	return true, true, StartInfo{}, &StatusError{
 		URL:        target,
 		StatusCode: resp.StatusCode,
 		Status:     status,

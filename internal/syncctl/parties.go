@@ -31,6 +31,10 @@ const (
 	// connection in nanoseconds as the server's kernel measured it
 	// (TCP_INFO), 0 if unknown. Half of it is the answer's way.
 	RTTHeader = "Statexec-Sync-Rtt-Ns"
+	// StopPolicyHeader is on the 201 of an N-party start: "first" or
+	// "last" (ServerOptions.StopLast). With "first" the server may have
+	// ended when a party posts its /stop.
+	StopPolicyHeader = "Statexec-Sync-Stop"
 )
 
 // startMargin is added to the largest round trip of the parties to set the
@@ -95,6 +99,13 @@ var errShuttingDown = errors.New("the server is shutting down")
 
 func (s *Server) multiParty() bool { return s.opts.Parties > 1 }
 
+func (s *Server) stopPolicy() string {
+	if s.opts.StopLast {
+		return "last"
+	}
+	return "first"
+}
+
 // Abandoned is closed when an N-party barrier gave up because not all
 // parties arrived within PartyTimeout: nothing was started; Status().Error
 // says why. It is never closed on a one-party server.
@@ -110,11 +121,8 @@ func (s *Server) partyStatusLocked() *PartyStatus {
 		Arrived:    len(s.party.arrived),
 		Started:    s.party.started,
 		Stopped:    s.party.stopped,
-		StopPolicy: "first",
+		StopPolicy: s.stopPolicy(),
 		List:       []PartyInfo{},
-	}
-	if s.opts.StopLast {
-		ps.StopPolicy = "last"
 	}
 	for _, p := range s.party.arrived {
 		ps.List = append(ps.List, PartyInfo{
@@ -222,6 +230,7 @@ func (s *Server) handlePartyStart(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set(RTTHeader, strconv.FormatInt(int64(p.rtt), 10))
+	w.Header().Set(StopPolicyHeader, s.stopPolicy())
 	w.Header().Set(StartInHeader, strconv.FormatInt(int64(time.Until(at)), 10))
 	reply(w, http.StatusCreated, "started")
 }
