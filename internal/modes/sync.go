@@ -89,6 +89,7 @@ func (r *run) listen() error {
 		return nil
 	}
 	r.stopWatch = r.watchSignals()
+	r.partyStart = r.cfg.SyncParties > 1
 	r.srv = syncctl.NewServer(syncctl.ServerOptions{
 		Listen:    r.cfg.Listen,
 		Token:     r.cfg.SyncToken,
@@ -251,7 +252,7 @@ func (r *run) send(action string) (time.Time, error) {
 	if action == "start" {
 		var info syncctl.StartInfo
 		info, err = syncctl.SendStartInfo(ctx, r.inv.URL, opts)
-		at, r.partyStopFirst = info.At, info.StopFirst
+		at, r.partyStart, r.partyStopFirst = info.At, info.Party, info.StopFirst
 	} else {
 		if r.partyStopFirst {
 			// The first party's /stop ends the server: it may be gone.
