@@ -66,6 +66,8 @@ Flags (may also follow the mode, up to the command; they win over variables):
       --listen ADDR:PORT     SE_SYNC_LISTEN               sync server address (:8080)
       --token SECRET         SE_SYNC_TOKEN                shared secret of the sync modes
       --sync-timeout SECONDS SE_SYNC_TIMEOUT              how long a client retries (30)
+      --parties N            SE_SYNC_PARTIES              clients a wait* server waits for (1)
+      --sync-stop first|last SE_SYNC_STOP                 stop at the first or last /stop (first)
       --stop-grace SECONDS   SE_STOP_GRACE                grace between stop signals (5)
       --report PATH          SE_REPORT                    also write the HTML report here at the end
       --remote-write URL     SE_REMOTE_WRITE_URL          also send the samples during the run (remote write

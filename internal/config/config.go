@@ -69,6 +69,12 @@ type Config struct {
 	StopGrace      time.Duration
 	Report         string // HTML report written after the metrics file; "" for none
 	RemoteWrite    RemoteWrite
+
+	// N-party sync (helper nparty): how many sync* clients a wait* server
+	// waits for (SE_SYNC_PARTIES, default 1) and whether it stops at the
+	// first or the last /stop (SE_SYNC_STOP).
+	SyncParties  int
+	SyncStopLast bool
 }
 
 // RemoteWrite configures live remote write (SE_REMOTE_WRITE_*) and push.
@@ -150,6 +156,7 @@ func Parse(args, env []string, hostname string) (*Invocation, error) {
 		SyncTimeout:    DefaultSyncTimeout,
 		StopGrace:      DefaultStopGrace,
 		RemoteWrite:    RemoteWrite{Timeout: DefaultRemoteWriteTimeout},
+		SyncParties:    1,
 	}
 	envLabels, err := applyEnv(&cfg, env)
 	if err != nil {
@@ -351,6 +358,23 @@ var settings = []setting{
 		c.RemoteWrite.Timeout = d
 		return err
 	}},
+	// N-party sync (helper nparty).
+	{"SE_SYNC_PARTIES", "parties", "", func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || n > maxSyncParties {
+			return fmt.Errorf("%q is not a number of clients from 1 to %d", v, maxSyncParties)
+		}
+		c.SyncParties = n
+		return nil
+	}},
+	{"SE_SYNC_STOP", "sync-stop", "", func(c *Config, v string) error {
+		switch v {
+		case "first", "last":
+			c.SyncStopLast = v == "last"
+			return nil
+		}
+		return fmt.Errorf("%q is not first or last", v)
+	}},
 }
 
 // checkRemoteWriteURL accepts http(s)://[user:password@]host[:port]/path.
@@ -383,6 +407,10 @@ func parseHeaders(v string) ([]Header, error) {
 	}
 	return out, nil
 }
+
+// maxSyncParties bounds SE_SYNC_PARTIES: each waiting party holds a
+// connection and a goroutine on the server.
+const maxSyncParties = 1000
 
 // parseSeconds accepts a non-negative number of seconds ("5", "0.5") or a
 // Go duration ("1500ms").

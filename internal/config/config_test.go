@@ -293,3 +293,35 @@ func TestRemoteWriteSettings(t *testing.T) {
 		t.Fatalf("push: %+v", inv)
 	}
 }
+
+// TestSyncPartiesSettings: SE_SYNC_PARTIES and SE_SYNC_STOP (N-party
+// sync), as variables and flags, their defaults and bad values.
+func TestSyncPartiesSettings(t *testing.T) {
+	inv, err := parse(t, nil, "waitStart", "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.Config.SyncParties != 1 || inv.Config.SyncStopLast {
+		t.Fatalf("defaults: parties %d, stop last %v", inv.Config.SyncParties, inv.Config.SyncStopLast)
+	}
+	inv, err = parse(t, []string{"SE_SYNC_PARTIES=4", "SE_SYNC_STOP=last"}, "waitStartAndStop", "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.Config.SyncParties != 4 || !inv.Config.SyncStopLast {
+		t.Fatalf("variables: parties %d, stop last %v", inv.Config.SyncParties, inv.Config.SyncStopLast)
+	}
+	inv, err = parse(t, []string{"SE_SYNC_STOP=last"}, "--parties", "3", "--sync-stop", "first", "waitStartAndStop", "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.Config.SyncParties != 3 || inv.Config.SyncStopLast {
+		t.Fatalf("flags: parties %d, stop last %v", inv.Config.SyncParties, inv.Config.SyncStopLast)
+	}
+	for _, env := range []string{"SE_SYNC_PARTIES=0", "SE_SYNC_PARTIES=-2", "SE_SYNC_PARTIES=many", "SE_SYNC_PARTIES=1001", "SE_SYNC_STOP=middle"} {
+		name, _, _ := strings.Cut(env, "=")
+		if _, err := parse(t, []string{env}, "waitStart", "true"); err == nil || !strings.Contains(err.Error(), "invalid "+name) {
+			t.Errorf("%s: %v", env, err)
+		}
+	}
+}

@@ -56,6 +56,12 @@ type child struct {
 	stderr     *os.File      // statexec's, for errors while the child runs
 	done       chan struct{} // closed when reaped
 	started    time.Time
+	// A child started with hooks.runAt is held until then (gated true);
+	// released is closed once it runs (c.started set) or was killed
+	// (cancel).
+	gated    bool
+	released chan struct{}
+	cancel   *os.File // write end of the gate's pipe: a byte cancels
 	// exiting is called with the pid of every child of statexec (the
 	// command, and descendants reparented to statexec) that exited and
 	// is not reaped yet: its /proc files still hold its final counters.
@@ -73,6 +79,12 @@ type hooks struct {
 	prepare func(*syscall.SysProcAttr)
 	// exiting sees each exited child before it is reaped.
 	exiting func(pid int)
+	// runAt, if set, holds the child right after its execve, stopped by
+	// ptrace, until that instant: the costly part of a start (fork,
+	// cgroup, execve) is then done, and at the instant the forking
+	// thread, woken by the kernel's timer itself, only lets it run.
+	// Where ptrace is not allowed the child starts at once (gated false).
+	runAt time.Time
 }
 
 // startChild starts the command in its own process group (so a signal
@@ -99,15 +111,51 @@ func startChild(path string, argv []string, stdio [3]*os.File, h hooks) (*child,
 		if h.prepare != nil {
 			h.prepare(attr)
 		}
+		// The kernel stops a child that asked to be traced right after
+		// its execve succeeded, before its first instruction.
+		var gate *gate
+		if !h.runAt.IsZero() {
+			var err error
+			if gate, err = newGate(h.runAt); err != nil {
+				gate = nil // no timer: start at once
+			} else {
+				c.cancel = gate.w
+			}
+		}
+		attr.Ptrace = gate != nil
 		p, err := os.StartProcess(path, argv, &os.ProcAttr{Files: stdio[:], Sys: attr, Env: os.Environ()})
+		if err != nil && attr.Ptrace && errors.Is(err, syscall.EPERM) {
+			attr.Ptrace = false // ptrace denied here (seccomp, Yama): no gate
+			p, err = os.StartProcess(path, argv, &os.ProcAttr{Files: stdio[:], Sys: attr, Env: os.Environ()})
+		}
 		if err != nil {
+			if gate != nil {
+				gate.close()
+			}
 			started <- err
 			return
 		}
 		c.pid = p.Pid
-		c.started = time.Now()
 		p.Release() // reaped below with wait4, not by os.Process
-		started <- nil
+		if attr.Ptrace && heldAfterExec(c.pid) {
+			c.gated, c.released = true, make(chan struct{})
+			started <- nil
+			run := gate.wait()
+			gate.close()
+			if !run {
+				unix.Kill(c.pid, syscall.SIGKILL)
+			}
+			// Only the forking thread (this one, locked) may detach.
+			unix.PtraceDetach(c.pid)
+			c.started = time.Now()
+			close(c.released)
+		} else {
+			if gate != nil {
+				gate.close()
+			}
+			c.started = time.Now()
+			started <- nil
+		}
 		c.reap()
 		close(c.done)
 	}()
@@ -119,6 +167,89 @@ func startChild(path string, argv []string, stdio [3]*os.File, h hooks) (*child,
 		return nil, &CommandError{code, fmt.Errorf("start %s: %w", argv[0], err)}
 	}
 	return c, nil
+}
+
+// heldAfterExec waits for the stop of a traced child after its execve
+// (SIGTRAP). If it stopped otherwise, it is let go and false returned.
+func heldAfterExec(pid int) bool {
+	for {
+		var st unix.WaitStatus
+		_, err := unix.Wait4(pid, &st, 0, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == nil && st.Stopped() && st.StopSignal() == syscall.SIGTRAP {
+			return true
+		}
+		if err == nil && st.Stopped() {
+			unix.PtraceDetach(pid)
+		}
+		return false
+	}
+}
+
+// gate is a timerfd armed for an instant on CLOCK_MONOTONIC (Go's
+// monotonic clock) and a pipe that cancels the wait.
+type gate struct {
+	tfd  int
+	r, w *os.File
+}
+
+func newGate(at time.Time) (*gate, error) {
+	var now unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &now); err != nil {
+		return nil, err
+	}
+	d := max(time.Until(at), 0)
+	tfd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	when := unix.NsecToTimespec(now.Nano() + int64(d) + 1) // 0 would disarm it
+	if err := unix.TimerfdSettime(tfd, unix.TFD_TIMER_ABSTIME, &unix.ItimerSpec{Value: when}, nil); err != nil {
+		unix.Close(tfd)
+		return nil, err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		unix.Close(tfd)
+		return nil, err
+	}
+	return &gate{tfd: tfd, r: r, w: w}, nil
+}
+
+// wait blocks the thread until the instant (true) or a cancel (false).
+func (g *gate) wait() bool {
+	fds := []unix.PollFd{{Fd: int32(g.tfd), Events: unix.POLLIN}, {Fd: int32(g.r.Fd()), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && fds[1].Revents == 0 && fds[0].Revents&unix.POLLIN != 0
+	}
+}
+
+func (g *gate) close() {
+	unix.Close(g.tfd)
+	g.r.Close()
+	g.w.Close()
+}
+
+// waitRelease waits until a gated child runs, and sets c.started.
+func (c *child) waitRelease() {
+	if c.gated {
+		<-c.released
+	}
+}
+
+// cancelGate kills a gated child before it ran; the caller waits for
+// c.done.
+func (c *child) cancelGate() {
+	if c.gated {
+		c.cancel.Write([]byte{0})
+		<-c.released
+	}
 }
 
 // reap waits for the child. statexec is a child subreaper, so orphaned

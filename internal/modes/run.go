@@ -79,6 +79,16 @@ type run struct {
 	// before /start (see signalArrived); stopWatch releases them.
 	arrived, settled chan os.Signal
 	stopWatch        func()
+	// partyStart: the start instant is an N-party one (a server with
+	// SE_SYNC_PARTIES > 1, or a client of one).
+	partyStart bool
+	// partyLate is how long after the planned instant the command ran;
+	// partyHeld says whether it had been held there (hooks.runAt).
+	partyLate time.Duration
+	partyHeld bool
+	// partyStopFirst: this sync* client started with an N-party server
+	// whose stop policy is first (see afterCommand).
+	partyStopFirst bool
 }
 
 // Run runs the invocation and returns statexec's exit code.
@@ -250,21 +260,46 @@ func (r *run) phases() int {
 	// the sync, on both sides. A server with no wait has started the
 	// command already, when /start came.
 	if r.child == nil {
-		wait := r.cfg.WaitBefore
+		at := time.Now().Add(r.cfg.WaitBefore)
 		if !r.syncedAt.IsZero() {
 			// Timed from the sync instant, as on the other side: the
 			// time spent answering or reading /start is part of it.
-			wait = time.Until(r.syncedAt.Add(r.cfg.WaitBefore))
+			at = r.syncedAt.Add(r.cfg.WaitBefore)
 		}
-		if sig := r.sleep(wait); sig != nil {
+		wait := time.Until(at)
+		var held *child
+		if r.partyStart && wait > 0 {
+			// N-party: the start instant is shared by every party: fork
+			// and exec now, and at the instant only let the command run.
+			c, err := r.forkCommand(at)
+			if err != nil {
+				code, _ := r.startFailed(err)
+				if r.srv != nil {
+					r.srv.Finished(code)
+				}
+				return code
+			}
+			held = c
+		}
+		if sig := r.sleep(time.Until(at)); sig != nil {
+			if held != nil {
+				held.cancelGate()
+				<-held.done
+			}
 			return r.interrupt(sig)
 		}
-		if err := r.startCommand(); err != nil {
+		if held != nil {
+			held.waitRelease()
+			r.partyLate, r.partyHeld = held.started.Sub(at), held.gated
+			r.commandStarted(held)
+		} else if err := r.startCommand(); err != nil {
 			code, _ := r.startFailed(err)
 			if r.srv != nil {
 				r.srv.Finished(code)
 			}
 			return code
+		} else {
+			r.partyLate = r.child.started.Sub(at)
 		}
 	}
 	code := r.wait()
@@ -307,18 +342,33 @@ func (r *run) sleep(d time.Duration) os.Signal {
 // startCommand starts the command once. It is the Start callback of the
 // sync server, too.
 func (r *run) startCommand() error {
+	c, err := r.forkCommand(time.Time{})
+	if err != nil {
+		return err
+	}
+	r.commandStarted(c)
+	return nil
+}
+
+// forkCommand starts the command's process; with a runAt, it is held
+// before its first instruction until then (see hooks.runAt).
+func (r *run) forkCommand(runAt time.Time) (*child, error) {
 	c, err := startChild(r.path, r.inv.Command, [3]*os.File{r.o.Stdin, r.o.Stdout, r.o.Stderr},
-		hooks{prepare: r.probe.PrepareCommand, exiting: r.probe.ProcessExiting})
+		hooks{prepare: r.probe.PrepareCommand, exiting: r.probe.ProcessExiting, runAt: runAt})
 	if err != nil {
 		r.childErr = err
 		r.startFailedOnce.Do(func() { close(r.startFailedC) })
-		return err
+		return nil, err
 	}
+	return c, nil
+}
+
+// commandStarted records that the command runs.
+func (r *run) commandStarted(c *child) {
 	r.child = c
 	r.status.Set(statusRunning)
 	r.probe.CommandStarted(c.pid)
 	r.smp.SampleAt(c.started)
-	return nil
 }
 
 func (r *run) startFailed(err error) (int, bool) {

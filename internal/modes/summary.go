@@ -29,6 +29,13 @@ func (r *run) printSummary(code int, s probe.Summary) {
 	if !r.syncedAt.IsZero() {
 		line("  synchronised at %s: the time origin", r.syncedAt.UTC().Format(time.RFC3339Nano))
 	}
+	if r.partyStart {
+		how := "held after exec until then"
+		if !r.partyHeld {
+			how = "not held (ptrace not allowed, or the instant had passed): forked then"
+		}
+		line("  N-party start: the command ran %s after the common start instant (%s)", r.partyLate.Round(time.Microsecond), how)
+	}
 	user, sys := s.UserCPU, s.SystemCPU
 	if user == 0 && sys == 0 {
 		user = time.Duration(ru.Utime.Nano())

@@ -89,13 +89,19 @@ func (r *run) listen() error {
 		return nil
 	}
 	r.stopWatch = r.watchSignals()
+	r.partyStart = r.cfg.SyncParties > 1
 	r.srv = syncctl.NewServer(syncctl.ServerOptions{
 		Listen:    r.cfg.Listen,
 		Token:     r.cfg.SyncToken,
 		AllowStop: r.inv.Mode == config.ModeWaitStartAndStop,
 		Command:   strings.Join(r.inv.Command, " "),
-		Start:     r.onStart,
+		StartAt:   r.onStart,
 		Stop:      func() {}, // the run loop watches StopRequested
+		// N-party sync: the barrier waits SE_SYNC_TIMEOUT from the
+		// first client on.
+		Parties:      r.cfg.SyncParties,
+		StopLast:     r.cfg.SyncStopLast,
+		PartyTimeout: r.cfg.SyncTimeout,
 	})
 	return r.srv.Listen()
 }
@@ -153,17 +159,18 @@ func (r *run) settle() {
 	}
 }
 
-// onStart is the sync server's Start callback: /start came. It is the
+// onStart is the sync server's Start callback: /start came, at is the
 // sync instant; without a wait before the command, the command starts
-// now (so that a failure to start answers 500).
-func (r *run) onStart() error {
-	at := time.Now()
+// now (so that a failure to start answers 500). With N parties, at is
+// the common start instant, a few milliseconds ahead: phases sleeps until
+// then (as the clients do) and starts the command.
+func (r *run) onStart(at time.Time) error {
 	// A signal that came first ends the run: refuse rather than start.
 	if r.signalArrived() {
 		return syncctl.ErrEnding
 	}
 	r.syncAt(at)
-	if r.cfg.WaitBefore > 0 {
+	if r.cfg.WaitBefore > 0 || r.cfg.SyncParties > 1 {
 		return nil
 	}
 	return r.startCommand()
@@ -177,7 +184,11 @@ func (r *run) serveUntilStarted() (int, bool) {
 			r.errorf("sync server: %v", err)
 		}
 	}()
-	r.errorf("waiting for POST /start on %s", r.srv.Addr())
+	if r.cfg.SyncParties > 1 {
+		r.errorf("waiting for POST /start from %d parties on %s", r.cfg.SyncParties, r.srv.Addr())
+	} else {
+		r.errorf("waiting for POST /start on %s", r.srv.Addr())
+	}
 	var tooLate <-chan time.Time
 	// Waiting longer than the origin would put the first samples below 0
 	// (origins past 2262 overflow a Duration: no limit then).
@@ -210,6 +221,9 @@ func (r *run) serveUntilStarted() (int, bool) {
 			return ExitUsage, false
 		case <-r.startFailedC:
 			return r.startFailed(r.childErr)
+		case <-r.srv.Abandoned():
+			r.errorf("%s; the command is not run", r.srv.Status().Error)
+			return 1, false
 		}
 	}
 }
@@ -236,8 +250,14 @@ func (r *run) send(action string) (time.Time, error) {
 	var at time.Time
 	var err error
 	if action == "start" {
-		at, err = syncctl.SendStart(ctx, r.inv.URL, opts)
+		var info syncctl.StartInfo
+		info, err = syncctl.SendStartInfo(ctx, r.inv.URL, opts)
+		at, r.partyStart, r.partyStopFirst = info.At, info.Party, info.StopFirst
 	} else {
+		if r.partyStopFirst {
+			// The first party's /stop ends the server: it may be gone.
+			opts.Timeout = partyStopTimeout
+		}
 		err = syncctl.Send(ctx, r.inv.URL, action, opts)
 	}
 	close(done)
@@ -261,8 +281,19 @@ func (r *run) afterCommand(code int) int {
 		return code
 	}
 	if _, err := r.send("stop"); err != nil {
+		var se *syncctl.StatusError
+		if r.partyStopFirst && r.interrupted == nil && !errors.As(err, &se) {
+			// Not an answer but no server: with policy first another
+			// party's /stop ended it, as it should.
+			r.errorf("POST /stop: the server has ended already (SE_SYNC_STOP=first: another party stopped it)")
+			return code
+		}
 		r.errorf("%v", err)
 		return failed(code)
 	}
 	return code
 }
+
+// partyStopTimeout bounds a /stop to an N-party server whose policy is
+// first: it is gone if another party stopped it before.
+const partyStopTimeout = 2 * time.Second

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -88,17 +89,43 @@ func Send(ctx context.Context, baseURL, action string, opts ClientOptions) error
 // plus the one-way delay, which is half of the round trip less the time
 // the server took to answer (SyncDelayHeader); without that header, the
 // middle of the round trip.
+//
+// An N-party server (see parties.go) answers 102 Processing first: the
+// other parties have not all arrived. SendStart then waits for the final
+// answer until opts.Timeout after it began plus opts.AttemptTimeout (so
+// that the server's own timeout, which says how many parties came,
+// answers first). Its 201 carries StartInHeader, and the returned instant
+// is the common start instant: the moment the answer was written (its
+// arrival less half the round trip in RTTHeader) plus that header; it
+// may lie in the future.
 func SendStart(ctx context.Context, baseURL string, opts ClientOptions) (time.Time, error) {
+	info, err := send(ctx, baseURL, "start", opts)
+	return info.At, err
+}
+
+// StartInfo is what a successful /start said.
+type StartInfo struct {
+	At time.Time // the sync instant, as SendStart returns it
+	// Party: the server is an N-party one (the 201 had StartInHeader).
+	Party bool
+	// StopFirst: an N-party server that stops at the first /stop
+	// (StopPolicyHeader "first"): it may be gone when this party posts
+	// its own /stop.
+	StopFirst bool
+}
+
+// SendStartInfo is SendStart that also says what kind of server answered.
+func SendStartInfo(ctx context.Context, baseURL string, opts ClientOptions) (StartInfo, error) {
 	return send(ctx, baseURL, "start", opts)
 }
 
-func send(ctx context.Context, baseURL, action string, opts ClientOptions) (time.Time, error) {
+func send(ctx context.Context, baseURL, action string, opts ClientOptions) (StartInfo, error) {
 	if action != "start" && action != "stop" {
-		return time.Time{}, fmt.Errorf("syncctl: unknown action %q: want start or stop", action)
+		return StartInfo{}, fmt.Errorf("syncctl: unknown action %q: want start or stop", action)
 	}
 	target, err := actionURL(baseURL, action)
 	if err != nil {
-		return time.Time{}, err
+		return StartInfo{}, err
 	}
 	timeout := opts.Timeout
 	if timeout <= 0 {
@@ -122,6 +149,11 @@ func send(ctx context.Context, baseURL, action string, opts ClientOptions) (time
 		ResponseHeaderTimeout: attemptTimeout,
 		DisableKeepAlives:     true, // one request per connection: nothing left behind
 	}
+	if action == "start" {
+		// post bounds the wait for the answer itself: an N-party server
+		// makes it a long poll.
+		tr.ResponseHeaderTimeout = 0
+	}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{
 		Transport: tr,
@@ -132,18 +164,18 @@ func send(ctx context.Context, baseURL, action string, opts ClientOptions) (time
 	backoff := minBackoff
 	var lastErr error
 	for attempt := 1; ; attempt++ {
-		done, written, synced, err := post(ctx, client, target, action, opts.Token, attemptTimeout)
+		done, written, synced, err := post(ctx, client, target, action, opts.Token, attemptTimeout, deadline.Add(attemptTimeout))
 		if done {
 			return synced, err
 		}
 		if ctx.Err() != nil {
-			return time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
+			return StartInfo{}, fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
 		}
 		if !retryable(err, written) {
 			if written {
-				return time.Time{}, fmt.Errorf("syncctl: POST %s: request sent but no answer (the server may have acted on it): %w", target, err)
+				return StartInfo{}, fmt.Errorf("syncctl: POST %s: request sent but no answer (the server may have acted on it): %w", target, err)
 			}
-			return time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, err)
+			return StartInfo{}, fmt.Errorf("syncctl: POST %s: %w", target, err)
 		}
 		// An attempt cut short by our own deadline says less than the
 		// previous error (usually "connection refused").
@@ -155,17 +187,17 @@ func send(ctx context.Context, baseURL, action string, opts ClientOptions) (time
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
-			return time.Time{}, giveUp()
+			return StartInfo{}, giveUp()
 		}
 		t := time.NewTimer(min(backoff, remaining))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
+			return StartInfo{}, fmt.Errorf("syncctl: POST %s: %w", target, context.Cause(ctx))
 		case <-t.C:
 		}
 		if !time.Now().Before(deadline) {
-			return time.Time{}, giveUp()
+			return StartInfo{}, giveUp()
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
@@ -175,13 +207,38 @@ func send(ctx context.Context, baseURL, action string, opts ClientOptions) (time
 // success): the server answered, or the request could not even be built.
 // Otherwise err is a transport error and written tells whether the request
 // had been sent in full. On success, synced is the estimated sync instant.
-func post(ctx context.Context, client *http.Client, target, action, token string, timeout time.Duration) (done, written bool, synced time.Time, err error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+//
+// A 102 Processing with PartiesHeader (an N-party server: the other
+// parties are not all there yet) extends the attempt's bound to longPoll.
+func post(ctx context.Context, client *http.Client, target, action, token string, timeout time.Duration, longPoll time.Time) (done, written bool, synced StartInfo, err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	var wrote atomic.Bool
 	var mu sync.Mutex // the trace hooks run on the transport's goroutines
+	noAnswer := &noAnswerError{fmt.Sprintf("no answer within %s", timeout)}
+	bound := time.AfterFunc(timeout, func() {
+		mu.Lock()
+		err := *noAnswer
+		mu.Unlock()
+		cancel(&err)
+	})
+	defer bound.Stop()
 	var sentAt, answeredAt time.Time
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, header textproto.MIMEHeader) error {
+			if code != http.StatusProcessing || header.Get(PartiesHeader) == "" {
+				return nil
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			waiting := header.Get(PartiesHeader)
+			if d := time.Until(longPoll); d > timeout {
+				noAnswer.msg = fmt.Sprintf("no start within %s while waiting for the other parties (%s had arrived)",
+					(time.Since(sentAt) + d).Round(time.Second), waiting)
+				bound.Reset(d)
+			}
+			return nil
+		},
 		WroteRequest: func(info httptrace.WroteRequestInfo) {
 			if info.Err == nil {
 				now := time.Now()
@@ -200,31 +257,44 @@ func post(ctx context.Context, client *http.Client, target, action, token string
 	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, http.NoBody)
 	if err != nil {
-		return true, false, time.Time{}, fmt.Errorf("syncctl: POST %s: %w", target, err)
+		return true, false, StartInfo{}, fmt.Errorf("syncctl: POST %s: %w", target, err)
 	}
 	req.Header.Set("User-Agent", "statexec-syncctl")
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := client.Do(req)
+	// The final answer's headers are in: after a 102, GotFirstResponseByte
+	// was the interim answer's.
+	headersAt := time.Now()
 	if err != nil {
 		if ue, ok := errors.AsType[*url.Error](err); ok {
 			err = ue.Err // drop the `Post "http://...":` prefix; we add our own
 		}
-		return false, wrote.Load(), time.Time{}, err
+		if cause, ok := errors.AsType[*noAnswerError](context.Cause(ctx)); ok {
+			err = cause
+		}
+		return false, wrote.Load(), StartInfo{}, err
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxReplyBody))
 	if success(action, resp.StatusCode) {
 		mu.Lock()
 		defer mu.Unlock()
-		return true, true, syncInstant(sentAt, answeredAt, resp.Header.Get(SyncDelayHeader)), nil
+		if in := resp.Header.Get(StartInHeader); in != "" && action == "start" {
+			return true, true, StartInfo{
+				At:        startInstant(headersAt, resp.Header.Get(RTTHeader), in),
+				Party:     true,
+				StopFirst: resp.Header.Get(StopPolicyHeader) == "first",
+			}, nil
+		}
+		return true, true, StartInfo{At: syncInstant(sentAt, answeredAt, resp.Header.Get(SyncDelayHeader))}, nil
 	}
 	status := resp.Status
 	if status == "" {
 		status = strconv.Itoa(resp.StatusCode)
 	}
-	return true, true, time.Time{}, &StatusError{
+	return true, true, StartInfo{}, &StatusError{
 		URL:        target,
 		StatusCode: resp.StatusCode,
 		Status:     status,
@@ -245,6 +315,27 @@ func syncInstant(sent, answered time.Time, delayHeader string) time.Time {
 		delay = 0
 	}
 	return sent.Add((rtt - time.Duration(delay)) / 2)
+}
+
+// noAnswerError is the cause of an attempt cut off by its own bound.
+type noAnswerError struct{ msg string }
+
+func (e *noAnswerError) Error() string { return e.msg }
+
+// startInstant places the common start instant of an N-party start on our
+// clock: the answer was written one way (half the round trip the server's
+// kernel measured for this connection, RTTHeader) before it arrived, and
+// the instant was startIn after that.
+func startInstant(answered time.Time, rttHeader, startIn string) time.Time {
+	in, err := strconv.ParseInt(startIn, 10, 64)
+	if err != nil || time.Duration(in) > time.Minute || time.Duration(in) < -time.Minute {
+		in = 0 // nonsense: start now
+	}
+	rtt, err := strconv.ParseInt(rttHeader, 10, 64)
+	if err != nil || rtt < 0 || time.Duration(rtt) > maxPartyRTT {
+		rtt = 0
+	}
+	return answered.Add(time.Duration(in - rtt/2))
 }
 
 func success(action string, code int) bool {

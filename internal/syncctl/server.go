@@ -61,6 +61,23 @@ type ServerOptions struct {
 	// StopRequested instead).
 	Stop func()
 
+	// N-party sync (parties.go). Parties is how many clients must post
+	// /start before anything starts (SE_SYNC_PARTIES); 0 or 1: the
+	// first /start starts the command, as in the table above.
+	Parties int
+	// StopLast (SE_SYNC_STOP=last): with Parties > 1, Stop is called when
+	// every party that started has posted /stop, not at the first.
+	StopLast bool
+	// PartyTimeout bounds the wait for all parties, from the first
+	// arrival (SE_SYNC_TIMEOUT); default DefaultTimeout.
+	PartyTimeout time.Duration
+	// StartAt, if set, is called instead of Start with the sync instant:
+	// the moment /start was accepted, or with Parties > 1 the common
+	// start instant a few milliseconds ahead, at which the caller starts
+	// its command (the 201s are sent after StartAt returned, before that
+	// instant).
+	StartAt func(at time.Time) error
+
 	// ReadHeaderTimeout bounds the time to read request headers (slow
 	// clients); default 5s.
 	ReadHeaderTimeout time.Duration
@@ -101,6 +118,8 @@ type Status struct {
 	StartedAt string `json:"started_at"`
 	ExitCode  *int   `json:"exit_code"` // null until Finished
 	Error     string `json:"error,omitempty"`
+	// Parties is there on an N-party server only.
+	Parties *PartyStatus `json:"parties,omitempty"`
 }
 
 // Server is the waiting side. Create it with NewServer.
@@ -122,6 +141,7 @@ type Server struct {
 	exitCode  *int
 	stopping  bool
 	refusing  bool // Refuse called: /start gets 503
+	party     partyState
 }
 
 // NewServer returns a server that is not listening yet.
@@ -143,6 +163,10 @@ func NewServer(opts ServerOptions) *Server {
 		startSem: make(chan struct{}, 1),
 		started:  make(chan struct{}),
 		stopReq:  make(chan struct{}),
+		party:    partyState{done: make(chan struct{}), abandoned: make(chan struct{})},
+	}
+	if s.opts.PartyTimeout <= 0 {
+		s.opts.PartyTimeout = DefaultTimeout
 	}
 	if opts.Token != "" {
 		s.tokenHash = sha256.Sum256([]byte(opts.Token))
@@ -155,6 +179,7 @@ func NewServer(opts ServerOptions) *Server {
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          errLog,
+		ConnContext:       withConn,
 	}
 	return s
 }
@@ -260,6 +285,9 @@ func (s *Server) Refuse() (started bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.refusing = true
+	if s.multiParty() && s.startedAt.IsZero() {
+		s.decideLocked(ErrEnding) // the waiting parties get 503
+	}
 	return !s.startedAt.IsZero()
 }
 
@@ -278,6 +306,7 @@ func (s *Server) Status() Status {
 	if s.startErr != nil {
 		st.Error = oneLine(s.startErr.Error())
 	}
+	st.Parties = s.partyStatusLocked()
 	return st
 }
 
@@ -288,6 +317,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
 	ln := s.ln
+	if s.multiParty() {
+		s.decideLocked(errShuttingDown) // answer the waiting parties now
+	}
 	s.mu.Unlock()
 	err := s.srv.Shutdown(ctx)
 	if ln != nil {
@@ -386,6 +418,10 @@ func (s *Server) authorized(r *http.Request) bool {
 }
 
 func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
+	if s.multiParty() {
+		s.handlePartyStart(w, r)
+		return
+	}
 	select {
 	case s.startSem <- struct{}{}:
 	case <-r.Context().Done():
@@ -417,7 +453,7 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	}
 
 	at := time.Now()
-	if err := s.callStart(); errors.Is(err, ErrEnding) {
+	if err := s.callStart(at); errors.Is(err, ErrEnding) {
 		s.mu.Lock()
 		s.refusing = true
 		s.mu.Unlock()
@@ -441,15 +477,18 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusCreated, "started")
 }
 
-func (s *Server) callStart() (err error) {
-	if s.opts.Start == nil {
-		return nil
-	}
+func (s *Server) callStart(at time.Time) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("panic in Start: %v", p)
 		}
 	}()
+	if s.opts.StartAt != nil {
+		return s.opts.StartAt(at)
+	}
+	if s.opts.Start == nil {
+		return nil
+	}
 	return s.opts.Start()
 }
 
@@ -465,9 +504,29 @@ func (s *Server) handleStop(w http.ResponseWriter) {
 		reply(w, http.StatusPreconditionFailed, "not started: start failed")
 		return
 	case stateFinished:
+		if s.multiParty() {
+			s.party.stopped++
+		}
 		s.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent) // nothing left to stop
 		return
+	}
+	if s.multiParty() {
+		// Every party posts /stop when its command ends: after the first
+		// (policy first) or before the last (policy last) that is no
+		// error, only noted.
+		s.party.stopped++
+		stopped, started := s.party.stopped, s.party.started
+		if s.stopping && stopped <= started {
+			s.mu.Unlock()
+			reply(w, http.StatusAccepted, "already stopping")
+			return
+		}
+		if !s.stopping && s.opts.StopLast && stopped < started {
+			s.mu.Unlock()
+			reply(w, http.StatusAccepted, fmt.Sprintf("stop noted: %d of %d parties have stopped (policy last)", stopped, started))
+			return
+		}
 	}
 	if s.stopping {
 		s.mu.Unlock()
