@@ -64,6 +64,10 @@ type Config struct {
 	SyncTimeout    time.Duration
 	StopGrace      time.Duration
 	Report         string // HTML report written after the metrics file; "" for none
+
+	// RunqueueHistogram (probe group "runq") turns on the run-queue
+	// latency histogram, which needs a program on every context switch.
+	RunqueueHistogram bool
 }
 
 // Invocation is what statexec was asked to do.
@@ -275,6 +279,18 @@ var settings = []setting{
 			c.Summary = true
 		case "0", "false", "no", "off":
 			c.Summary = false
+		default:
+			return fmt.Errorf("%q is not 0 or 1", v)
+		}
+		return nil
+	}},
+	// Probe group "runq": opt-in, it costs on every context switch.
+	{"SE_RUNQUEUE_HISTOGRAM", "runqueue-histogram", "", func(c *Config, v string) error {
+		switch strings.ToLower(v) {
+		case "1", "true", "yes", "on":
+			c.RunqueueHistogram = true
+		case "0", "false", "no", "off":
+			c.RunqueueHistogram = false
 		default:
 			return fmt.Errorf("%q is not 0 or 1", v)
 		}

@@ -21,17 +21,8 @@ type schedSchedCounters struct {
 	RunqWaitNs          uint64
 	RunqWaits           uint64
 	TasksCreated        uint64
+	TasksExited         uint64
 	ExitRssPeakBytes    uint64
-	RunqHist            [32]uint64
-}
-
-type schedTaskState struct {
-	_            structs.HostLayout
-	LastRuntime  uint64
-	LastNvcsw    uint64
-	LastNivcsw   uint64
-	LastRunDelay uint64
-	LastPcount   uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -39,10 +30,9 @@ type schedTaskState struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	schedMapCounters            = "counters"
-	schedMapTaskStates          = "task_states"
+	schedMapExited              = "exited"
 	schedProgOnSchedProcessExit = "on_sched_process_exit"
 	schedProgOnSchedProcessFork = "on_sched_process_fork"
-	schedProgOnSchedSwitch      = "on_sched_switch"
 	schedVarHaveMmPeak          = "have_mm_peak"
 	schedVarHaveSchedInfo       = "have_sched_info"
 	schedVarOffCgroups          = "off_cgroups"
@@ -59,7 +49,6 @@ const (
 	schedVarOffRssStat          = "off_rss_stat"
 	schedVarOffRunDelay         = "off_run_delay"
 	schedVarOffSkCgrp           = "off_sk_cgrp"
-	schedVarOffState            = "off_state"
 	schedVarOffSumExecRuntime   = "off_sum_exec_runtime"
 	schedVarOffTgid             = "off_tgid"
 	schedVarPageSize            = "page_size"
@@ -111,15 +100,14 @@ type schedSpecs struct {
 type schedProgramSpecs struct {
 	OnSchedProcessExit *ebpf.ProgramSpec `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.ProgramSpec `ebpf:"on_sched_process_fork"`
-	OnSchedSwitch      *ebpf.ProgramSpec `ebpf:"on_sched_switch"`
 }
 
 // schedMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type schedMapSpecs struct {
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	TaskStates *ebpf.MapSpec `ebpf:"task_states"`
+	Counters *ebpf.MapSpec `ebpf:"counters"`
+	Exited   *ebpf.MapSpec `ebpf:"exited"`
 }
 
 // schedVariableSpecs contains global variables before they are loaded into the kernel.
@@ -142,7 +130,6 @@ type schedVariableSpecs struct {
 	OffRssStat        *ebpf.VariableSpec `ebpf:"off_rss_stat"`
 	OffRunDelay       *ebpf.VariableSpec `ebpf:"off_run_delay"`
 	OffSkCgrp         *ebpf.VariableSpec `ebpf:"off_sk_cgrp"`
-	OffState          *ebpf.VariableSpec `ebpf:"off_state"`
 	OffSumExecRuntime *ebpf.VariableSpec `ebpf:"off_sum_exec_runtime"`
 	OffTgid           *ebpf.VariableSpec `ebpf:"off_tgid"`
 	PageSize          *ebpf.VariableSpec `ebpf:"page_size"`
@@ -170,14 +157,14 @@ func (o *schedObjects) Close() error {
 //
 // It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
 type schedMaps struct {
-	Counters   *ebpf.Map `ebpf:"counters"`
-	TaskStates *ebpf.Map `ebpf:"task_states"`
+	Counters *ebpf.Map `ebpf:"counters"`
+	Exited   *ebpf.Map `ebpf:"exited"`
 }
 
 func (m *schedMaps) Close() error {
 	return _SchedClose(
 		m.Counters,
-		m.TaskStates,
+		m.Exited,
 	)
 }
 
@@ -201,7 +188,6 @@ type schedVariables struct {
 	OffRssStat        *ebpf.Variable `ebpf:"off_rss_stat"`
 	OffRunDelay       *ebpf.Variable `ebpf:"off_run_delay"`
 	OffSkCgrp         *ebpf.Variable `ebpf:"off_sk_cgrp"`
-	OffState          *ebpf.Variable `ebpf:"off_state"`
 	OffSumExecRuntime *ebpf.Variable `ebpf:"off_sum_exec_runtime"`
 	OffTgid           *ebpf.Variable `ebpf:"off_tgid"`
 	PageSize          *ebpf.Variable `ebpf:"page_size"`
@@ -215,14 +201,12 @@ type schedVariables struct {
 type schedPrograms struct {
 	OnSchedProcessExit *ebpf.Program `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.Program `ebpf:"on_sched_process_fork"`
-	OnSchedSwitch      *ebpf.Program `ebpf:"on_sched_switch"`
 }
 
 func (p *schedPrograms) Close() error {
 	return _SchedClose(
 		p.OnSchedProcessExit,
 		p.OnSchedProcessFork,
-		p.OnSchedSwitch,
 	)
 }
 
