@@ -31,7 +31,10 @@ const volatile __u64 page_size = 4096;
 
 // One per-CPU instance; user space sums the CPUs. Field order is the Go
 // struct's (bpf2go generates it from BTF). The exit bank: the sums of the
-// counters of the tree's tasks that exited.
+// counters of the tree's tasks that exited. The adds are atomic:
+// sched_process_free runs from RCU callbacks, which may interrupt another
+// of these programs on the same CPU (all run on rare events: no cost to
+// speak of).
 struct sched_counters {
 	__u64 cpu_ns;               // se.sum_exec_runtime
 	__u64 voluntary_switches;   // nvcsw
@@ -52,18 +55,43 @@ struct {
 	__type(value, struct sched_counters);
 } counters SEC(".maps");
 
-// The tids banked at exit. A task is banked at sched_process_exit but
-// leaves the cgroup's task list (cgroup_exit) a little later: until then
-// user space would find it in cgroup.threads too and count it twice.
-// User space reads the bank, then this set, then cgroup.threads, and skips
-// the live tasks in the set; it deletes the entries of tids that left the
-// list. LRU: should user space fall behind, the oldest entries, long gone
-// from the list, make room.
+// The tasks banked at exit, by tid, until the kernel frees them.
+//
+// A task is banked at sched_process_exit but leaves the cgroup's task
+// list (cgroup_exit) a little later: until then user space would find it
+// in cgroup.threads too and count it twice. User space reads the bank,
+// then the keys of this map, then cgroup.threads, and skips the live tasks
+// in the map.
+//
+// The values are not quite final at exit: the task still runs its exit
+// path, and the scheduler folds a running task's current slice into
+// sum_exec_runtime only at its next tick or switch (up to a tick late;
+// all of a short-lived process's last slice). So each entry keeps what
+// the bank has of the task, and the rest is added when it is known: at
+// sched_process_free (after the task's last switch; an RCU grace period
+// after it is reaped), or earlier by user space for statexec's own
+// children, read from /proc while they are zombies. LRU: should entries
+// pile up (zombies nobody reaps), the oldest make room and those tasks
+// keep their values of exit.
+struct exit_entry {
+	__u64 task; // the task_struct, to tell a reused tid apart
+	// A thread (not a process): rusage has its context switches as of
+	// its exit, so its entry's are not corrected afterwards.
+	__u64 thread;
+	// What the bank has of the task. nvcsw counts its last switch (to
+	// TASK_DEAD) as done: see on_sched_process_exit.
+	__u64 cpu_ns;
+	__u64 nvcsw;
+	__u64 nivcsw;
+	__u64 run_delay;
+	__u64 pcount;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct exit_entry);
 } exited SEC(".maps");
 
 static __always_inline struct sched_counters *get_counters(void)
@@ -86,14 +114,12 @@ int on_sched_process_fork(__u64 *ctx)
 		return 0;
 	c = get_counters();
 	if (c)
-		c->tasks_created++;
+		__sync_fetch_and_add(&c->tasks_created, 1);
 	return 0;
 }
 
-// The exiting task is current. Its counters are final but for the few
-// microseconds of exit path still to run, and for the part of its current
-// slice that the scheduler has not folded into sum_exec_runtime yet (at
-// most one tick): rusage reads the same values for an exited thread.
+// The exiting task is current. Its counters are final but for its exit
+// path and its current slice (see exited above).
 //
 // The memory peak: the peak of the process's own memory map (hiwater_rss,
 // or the current RSS if higher: hiwater_rss is only updated lazily).
@@ -107,34 +133,43 @@ int on_sched_process_exit(__u64 *ctx)
 {
 	struct sched_counters *c;
 	struct task_struct *task;
-	__u32 one = 1;
+	struct exit_entry e = {};
 	void *mm;
 
 	if (bpf_get_current_cgroup_id() != target_cgid)
 		return 0;
 	task = bpf_get_current_task_btf();
 	__u32 tid = FIELD(int, task, off_pid);
+	bool leader = tid == (__u32)FIELD(int, task, off_tgid);
 
-	// Marked before it is banked: a sample that sees it banked sees it
-	// marked, and never counts it live as well.
-	bpf_map_update_elem(&exited, &tid, &one, BPF_ANY);
+	e.task = (__u64)task;
+	e.thread = !leader;
+	e.cpu_ns = FIELD(__u64, task, off_sum_exec_runtime);
+	e.nvcsw = FIELD(unsigned long, task, off_nvcsw);
+	e.nivcsw = FIELD(unsigned long, task, off_nivcsw);
+	if (have_sched_info) {
+		e.run_delay = FIELD(__u64, task, off_run_delay);
+		e.pcount = FIELD(unsigned long, task, off_pcount);
+	}
+	// A task's last switch (to TASK_DEAD) is voluntary and comes later.
+	// rusage counts a process's (it precedes its reaping) but not a
+	// thread's (it follows the folding of the thread's counts into its
+	// process): the bank counts it now for a process, whose entry has
+	// it as done so that the later corrections do not add it again.
+	e.nvcsw++;
+
+	// Entered before it is banked: a sample that sees it banked sees it
+	// in the map, and never counts it live as well.
+	bpf_map_update_elem(&exited, &tid, &e, BPF_ANY);
 	c = get_counters();
 	if (!c)
 		return 0;
-	c->cpu_ns += FIELD(__u64, task, off_sum_exec_runtime);
-	c->voluntary_switches += FIELD(unsigned long, task, off_nvcsw);
-	// A process's last switch (to TASK_DEAD, voluntary) comes after
-	// this point but before its parent reaps it, so rusage counts it; a
-	// thread's comes after its counts were folded into its process, so
-	// rusage does not. Same convention.
-	if (tid == (__u32)FIELD(int, task, off_tgid))
-		c->voluntary_switches++;
-	c->involuntary_switches += FIELD(unsigned long, task, off_nivcsw);
-	if (have_sched_info) {
-		c->runq_wait_ns += FIELD(__u64, task, off_run_delay);
-		c->runq_waits += FIELD(unsigned long, task, off_pcount);
-	}
-	c->tasks_exited++;
+	__sync_fetch_and_add(&c->cpu_ns, e.cpu_ns);
+	__sync_fetch_and_add(&c->voluntary_switches, leader ? e.nvcsw : e.nvcsw - 1);
+	__sync_fetch_and_add(&c->involuntary_switches, e.nivcsw);
+	__sync_fetch_and_add(&c->runq_wait_ns, e.run_delay);
+	__sync_fetch_and_add(&c->runq_waits, e.pcount);
+	__sync_fetch_and_add(&c->tasks_exited, 1);
 
 	if (!have_mm_peak)
 		return 0;
@@ -154,5 +189,53 @@ int on_sched_process_exit(__u64 *ctx)
 		pages = rss;
 	if (pages * page_size > c->exit_rss_peak_bytes)
 		c->exit_rss_peak_bytes = pages * page_size;
+	return 0;
+}
+
+static __always_inline __u64 more(__u64 now, __u64 *had)
+{
+	__u64 d = now > *had ? now - *had : 0;
+
+	*had += d;
+	return d;
+}
+
+// The kernel frees a task an RCU grace period after it was reaped, long
+// after its last switch: its counters are final. ctx: the task (not
+// current).
+SEC("raw_tp/sched_process_free")
+int on_sched_process_free(__u64 *ctx)
+{
+	struct sched_counters *c;
+	struct exit_entry *e;
+	void *task = (void *)ctx[0];
+	__u64 v = 0;
+	__u32 tid = 0;
+
+	if (bpf_probe_read_kernel(&tid, sizeof(tid), (char *)task + off_pid))
+		return 0;
+	e = bpf_map_lookup_elem(&exited, &tid);
+	if (!e || e->task != (__u64)task)
+		return 0;
+	c = get_counters();
+	if (c) {
+		if (!bpf_probe_read_kernel(&v, sizeof(v), (char *)task + off_sum_exec_runtime))
+			__sync_fetch_and_add(&c->cpu_ns, more(v, &e->cpu_ns));
+		v = 0;
+		if (!e->thread && !bpf_probe_read_kernel(&v, sizeof(unsigned long), (char *)task + off_nvcsw))
+			__sync_fetch_and_add(&c->voluntary_switches, more(v, &e->nvcsw));
+		v = 0;
+		if (!e->thread && !bpf_probe_read_kernel(&v, sizeof(unsigned long), (char *)task + off_nivcsw))
+			__sync_fetch_and_add(&c->involuntary_switches, more(v, &e->nivcsw));
+		if (have_sched_info) {
+			v = 0;
+			if (!bpf_probe_read_kernel(&v, sizeof(v), (char *)task + off_run_delay))
+				__sync_fetch_and_add(&c->runq_wait_ns, more(v, &e->run_delay));
+			v = 0;
+			if (!bpf_probe_read_kernel(&v, sizeof(unsigned long), (char *)task + off_pcount))
+				__sync_fetch_and_add(&c->runq_waits, more(v, &e->pcount));
+		}
+	}
+	bpf_map_delete_elem(&exited, &tid);
 	return 0;
 }

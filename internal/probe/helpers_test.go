@@ -123,6 +123,8 @@ func runHelper(mode string) error {
 		return nil
 	case "fallback":
 		return fallbackHelper()
+	case "spin", "churn":
+		return schedHelper(mode)
 	default:
 		return fmt.Errorf("unknown helper %q", mode)
 	}

@@ -293,7 +293,16 @@ func (s *Session) ProcessExiting(pid int) {
 		return
 	}
 	s.plain.exiting(pid)
+	for _, g := range s.groups {
+		if pe, ok := g.g.(processExiter); ok {
+			pe.processExiting(pid)
+		}
+	}
 }
+
+// processExiter is a probe group that takes the final counters of
+// statexec's exited children before they are reaped.
+type processExiter interface{ processExiting(pid int) }
 
 // CommandEnded is called after the root process was reaped. It takes one
 // last sample; the values stay collectable.

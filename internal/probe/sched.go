@@ -8,12 +8,13 @@ import (
 	"os"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The BPF objects are generated and committed so that building statexec
 // needs no clang. CI regenerates them and fails on a diff.
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type sched_counters sched ../../bpf/sched.bpf.c -- -I../../bpf
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type sched_counters -type exit_entry sched ../../bpf/sched.bpf.c -- -I../../bpf
 
 // schedGroup: on-CPU time, context switches and run-queue waits of the
 // command's tree, exact at every sample, with no program per context
@@ -34,7 +35,10 @@ type schedGroup struct {
 	// exited: the tids of the exit bank still to be matched against the
 	// live list (see bpf/sched.bpf.c).
 	exited map[uint32]bool
-	last   schedTotals
+	// corrected: what user space added to the bank for statexec's own
+	// children (processExiting).
+	corrected taskTotals
+	last      schedTotals
 
 	cpu, cs, runqWait, forks *prometheus.Desc
 }
@@ -98,6 +102,9 @@ func loadSchedGroup(env *loadEnv) (_ group, err error) {
 	if err := g.links.rawTracepoint(g.objs.OnSchedProcessExit, "sched_process_exit"); err != nil {
 		return nil, err
 	}
+	if err := g.links.rawTracepoint(g.objs.OnSchedProcessFree, "sched_process_free"); err != nil {
+		return nil, err
+	}
 
 	d := env.desc
 	g.cpu = d("statexec_process_sched_cpu_seconds_total", "On-CPU time of the command's tree from the scheduler's sum_exec_runtime (live threads at the sample, exited ones at exit).")
@@ -108,7 +115,7 @@ func loadSchedGroup(env *loadEnv) (_ group, err error) {
 }
 
 // sample reads, in this order, the exit bank, the set of banked tids and
-// the live threads not in that set. A task banked before the first read
+// the live threads not in that set (see bpf/sched.bpf.c). A task banked before the first read
 // is in the set by the second (the program marks it first), so it is not
 // counted live too; one banked in between is in the set but not in the
 // bank read: missed by this sample only. Exported values never go back.
@@ -128,9 +135,10 @@ func (g *schedGroup) sample() error {
 		bank.ExitRssPeakBytes = max(bank.ExitRssPeakBytes, c.ExitRssPeakBytes)
 	}
 	clear(g.exited)
-	var tid, one uint32
+	var tid uint32
+	var e schedExitEntry
 	it := g.objs.Exited.Iterate()
-	for it.Next(&tid, &one) {
+	for it.Next(&tid, &e) {
 		g.exited[tid] = false
 	}
 	if err := it.Err(); err != nil {
@@ -140,14 +148,8 @@ func (g *schedGroup) sample() error {
 	if err != nil {
 		return err
 	}
-	// Tids no longer listed will not be again (but for reuse, which
-	// needs the pid space to wrap around between two samples).
-	for tid, listed := range g.exited {
-		if !listed {
-			_ = g.objs.Exited.Delete(tid)
-		}
-	}
 	t := live
+	t.add(g.corrected)
 	t.add(taskTotals{
 		cpuNs:      bank.CpuNs,
 		runDelayNs: bank.RunqWaitNs,
@@ -196,6 +198,39 @@ func (g *schedGroup) summarize(s *Summary) {
 			time.Duration(b.runDelayNs).Round(time.Microsecond), b.pcount,
 			time.Duration(b.runDelayNs/b.pcount).Round(time.Microsecond)))
 	}
+}
+
+// processExiting brings the bank's values of pid, a child of statexec
+// that exited and is not reaped yet, up to its final counters: as a
+// zombie it has switched out for the last time, and /proc still has it.
+// The kernel frees it (sched_process_free, which would add the same) only
+// an RCU grace period after the reaping, after the run's last sample.
+func (g *schedGroup) processExiting(pid int) {
+	tid := uint32(pid)
+	var e schedExitEntry
+	if err := g.objs.Exited.Lookup(tid, &e); err != nil {
+		return // not banked (yet): counted live
+	}
+	t, ok := g.live.readOnce(tid)
+	if !ok {
+		return
+	}
+	more := func(now uint64, had *uint64) uint64 {
+		d := now - min(now, *had)
+		*had += d
+		return d
+	}
+	c := taskTotals{
+		cpuNs:      more(t.cpuNs, &e.CpuNs),
+		runDelayNs: more(t.runDelayNs, &e.RunDelay),
+		pcount:     more(t.pcount, &e.Pcount),
+	}
+	if e.Thread == 0 { // as sched_process_free does
+		c.nvcsw, c.nivcsw = more(t.nvcsw, &e.Nvcsw), more(t.nivcsw, &e.Nivcsw)
+	}
+	g.corrected.add(c)
+	// What is added now, sched_process_free must not add again.
+	_ = g.objs.Exited.Update(tid, &e, ebpf.UpdateExist)
 }
 
 // exitRSSPeak is the highest memory peak of one process at its exit.

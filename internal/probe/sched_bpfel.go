@@ -13,6 +13,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type schedExitEntry struct {
+	_        structs.HostLayout
+	Task     uint64
+	Thread   uint64
+	CpuNs    uint64
+	Nvcsw    uint64
+	Nivcsw   uint64
+	RunDelay uint64
+	Pcount   uint64
+}
+
 type schedSchedCounters struct {
 	_                   structs.HostLayout
 	CpuNs               uint64
@@ -33,6 +44,7 @@ const (
 	schedMapExited              = "exited"
 	schedProgOnSchedProcessExit = "on_sched_process_exit"
 	schedProgOnSchedProcessFork = "on_sched_process_fork"
+	schedProgOnSchedProcessFree = "on_sched_process_free"
 	schedVarHaveMmPeak          = "have_mm_peak"
 	schedVarHaveSchedInfo       = "have_sched_info"
 	schedVarOffCgroups          = "off_cgroups"
@@ -100,6 +112,7 @@ type schedSpecs struct {
 type schedProgramSpecs struct {
 	OnSchedProcessExit *ebpf.ProgramSpec `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.ProgramSpec `ebpf:"on_sched_process_fork"`
+	OnSchedProcessFree *ebpf.ProgramSpec `ebpf:"on_sched_process_free"`
 }
 
 // schedMapSpecs contains maps before they are loaded into the kernel.
@@ -201,12 +214,14 @@ type schedVariables struct {
 type schedPrograms struct {
 	OnSchedProcessExit *ebpf.Program `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.Program `ebpf:"on_sched_process_fork"`
+	OnSchedProcessFree *ebpf.Program `ebpf:"on_sched_process_free"`
 }
 
 func (p *schedPrograms) Close() error {
 	return _SchedClose(
 		p.OnSchedProcessExit,
 		p.OnSchedProcessFork,
+		p.OnSchedProcessFree,
 	)
 }
 

@@ -138,6 +138,17 @@ func (l *liveTasks) readTask(tid uint32) (taskTotals, bool) {
 	return taskTotals{}, false
 }
 
+// readOnce reads a task's counters without keeping its files open.
+func (l *liveTasks) readOnce(tid uint32) (taskTotals, bool) {
+	f, err := l.open(tid)
+	if err != nil {
+		return taskTotals{}, false
+	}
+	defer f.close()
+	t, err := l.readFiles(f)
+	return t, err == nil
+}
+
 func (l *liveTasks) open(tid uint32) (*taskFiles, error) {
 	sched, err := l.openProc(tid, "schedstat")
 	if err != nil {
