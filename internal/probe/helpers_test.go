@@ -123,7 +123,7 @@ func runHelper(mode string) error {
 		return nil
 	case "fallback":
 		return fallbackHelper()
-	case "spin", "churn":
+	case "spin", "churn", "idle":
 		return schedHelper(mode)
 	default:
 		return fmt.Errorf("unknown helper %q", mode)

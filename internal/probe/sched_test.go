@@ -19,6 +19,7 @@ import (
 
 // schedHelper is the measured child of the scheduler tests:
 //
+//   - idle: HELPER_THREADS threads blocked on stdin;
 //   - spin: one thread busy for HELPER_MS of wall time, never sleeping
 //     (GOMAXPROCS=1: the runtime's other threads stay idle);
 //   - churn: for HELPER_MS, short-lived children (each busy for a few ms
@@ -27,6 +28,17 @@ import (
 func schedHelper(mode string) error {
 	end := time.Now().Add(time.Duration(envInt("HELPER_MS", 1000)) * time.Millisecond)
 	switch mode {
+	case "idle":
+		// HELPER_THREADS OS threads in all, blocked until stdin closes.
+		n := envInt("HELPER_THREADS", 1)
+		for range n - 1 {
+			go func() {
+				runtime.LockOSThread()
+				_, _ = os.Stdin.Read(make([]byte, 1))
+			}()
+		}
+		_, _ = os.Stdin.Read(make([]byte, 1))
+		return nil
 	case "spin":
 		// Nice -20 for this thread (setpriority is per thread):
 		// on a busy machine it still gets most of a CPU.
@@ -178,7 +190,9 @@ func checkMonotone(t *testing.T, samples []schedSample) {
 }
 
 // checkEndTotals compares the final sample with the child's rusage.
-func checkEndTotals(t *testing.T, last map[string]float64, ps *os.ProcessState, usage time.Duration) {
+// ivcsTol is the tolerance of the involuntary switches (see
+// TestSchedChurnExact).
+func checkEndTotals(t *testing.T, last map[string]float64, ps *os.ProcessState, usage time.Duration, ivcsTol float64) {
 	t.Helper()
 	ru := rusage(ps)
 	want := rusageCPU(ps).Seconds()
@@ -193,7 +207,11 @@ func checkEndTotals(t *testing.T, last map[string]float64, ps *os.ProcessState, 
 	}{{"voluntary", ru.Nvcsw}, {"involuntary", ru.Nivcsw}} {
 		got := last["statexec_process_sched_context_switches_total{kind="+c.kind+"}"]
 		t.Logf("end: %s switches %.0f, rusage %d", c.kind, got, c.want)
-		if math.Abs(got-float64(c.want)) > math.Max(0.01*float64(c.want), 1) {
+		tol := 0.01
+		if c.kind == "involuntary" {
+			tol = ivcsTol
+		}
+		if math.Abs(got-float64(c.want)) > math.Max(tol*float64(c.want), 1) {
 			t.Errorf("%s switches %.0f, rusage %d", c.kind, got, c.want)
 		}
 	}
@@ -226,7 +244,14 @@ func TestSchedBusyLoopEveryInterval(t *testing.T) {
 		wait := b.m["statexec_process_sched_runqueue_wait_seconds_total"] - a.m["statexec_process_sched_runqueue_wait_seconds_total"]
 		usage := (b.usage - a.usage).Seconds()
 		t.Logf("interval %d: wall %.4fs, on-CPU %.4fs, run-queue wait %.4fs, cpu.stat %.4fs", i, wall, cpu, wait, usage)
-		if wait <= 0.02*wall {
+		if wall < interval.Seconds()/2 {
+			continue // the ticker caught up after a late sample
+		}
+		// The run-queue wait shows only once the thread runs again, so
+		// whether it had the CPU is taken from cpu.stat; and the test
+		// must not have waited for a CPU itself around its reads.
+		quiet := (b.usage-b.usage0)+(a.usage-a.usage0) < 2*time.Millisecond
+		if quiet && usage >= 0.95*wall {
 			strict++
 			if !within(cpu, wall, 0.05) {
 				t.Errorf("interval %d: on-CPU %.4fs, interval %.4fs: off by more than 5%%", i, cpu, wall)
@@ -251,9 +276,9 @@ func TestSchedBusyLoopEveryInterval(t *testing.T) {
 	}
 	// On a quiet machine every interval is checked strictly; on a busy
 	// one the thread waits for the CPU in most.
-	t.Logf("%d of %d intervals without run-queue wait, checked against the interval", strict, len(samples)-3)
+	t.Logf("%d of %d intervals with the CPU to itself, checked against the interval", strict, len(samples)-3)
 	last := samples[len(samples)-1]
-	checkEndTotals(t, last.m, ps, last.usage)
+	checkEndTotals(t, last.m, ps, last.usage, 0.01)
 	if f := last.m["statexec_process_forks_total"]; f < 1 {
 		t.Errorf("forks %v, want >= 1", f)
 	}
@@ -262,12 +287,19 @@ func TestSchedBusyLoopEveryInterval(t *testing.T) {
 // TestSchedChurnExact: children and threads that start and exit all the
 // time, sampled every 100 ms: monotone at every sample and exact at the
 // end, although most tasks' counters come from the exit bank.
+//
+// Involuntary switches within 2%, not 1%: rusage takes an exited thread's
+// counts when it folds them into its process (release_task), the bank at
+// sched_process_exit, a little earlier in the exit path; a thread
+// preempted in between (under load: each child's runtime threads at its
+// exit) is one switch in rusage that the bank does not have. Measured at
+// a load of 12 on 2 CPUs: 0.5-1.2% fewer than rusage.
 func TestSchedChurnExact(t *testing.T) {
 	s := startEBPF(t)
 	samples, ps := schedRun(t, s, 100*time.Millisecond, helperEnv+"=churn", "HELPER_MS=1500")
 	checkMonotone(t, samples)
 	last := samples[len(samples)-1]
-	checkEndTotals(t, last.m, ps, last.usage)
+	checkEndTotals(t, last.m, ps, last.usage, 0.02)
 	if f := last.m["statexec_process_forks_total"]; f < 20 {
 		t.Errorf("forks %v, want >= 20", f)
 	}
@@ -278,5 +310,52 @@ func TestSchedChurnExact(t *testing.T) {
 func waitNoReap(pid int) {
 	var info unix.Siginfo
 	for unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
+	}
+}
+
+// BenchmarkSchedSample measures the sched group's sample (exit bank, exited
+// set, cgroup.threads and each live thread's schedstat and status) with a
+// tree of 1, 10 and 100 threads (at least: the Go runtime of the helper
+// adds its own).
+func BenchmarkSchedSample(b *testing.B) {
+	for _, n := range []int{1, 10, 100} {
+		b.Run(fmt.Sprintf("threads=%d", n), func(b *testing.B) {
+			s := startEBPF(b)
+			cmd := exec.Command(os.Args[0])
+			cmd.Env = append(os.Environ(), helperEnv+"=idle", "HELPER_THREADS="+itoa(n), "GOMAXPROCS=1")
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+			s.PrepareCommand(cmd.SysProcAttr)
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer func() { stdin.Close(); _ = cmd.Wait() }()
+			s.CommandStarted(cmd.Process.Pid)
+			threads := filepath.Join(s.CgroupPath(), "cgroup.threads")
+			have := 0
+			for deadline := time.Now().Add(10 * time.Second); have < n && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+				data, _ := os.ReadFile(threads)
+				have = bytes.Count(data, []byte{'\n'})
+			}
+			if have < n {
+				b.Fatalf("%d threads in the cgroup, want %d", have, n)
+			}
+			g := s.group("sched").(*schedGroup)
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			// CPU time too: on a busy machine the wall time per op
+			// mostly measures the wait for a CPU.
+			cpu0 := selfCPU()
+			for b.Loop() {
+				if err := g.sample(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(selfCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64(have), "threads")
+		})
 	}
 }

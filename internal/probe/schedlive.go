@@ -44,13 +44,14 @@ const maxOpenTasks = 1024
 //     switched out counts to the nanosecond;
 //   - /proc/<tid>/status gives the voluntary and involuntary switches
 //     (per thread; as cheap as /proc/<tid>/sched, which not every kernel
-//     has).
+//     has), read again only for a thread that ran since the last read.
 //
 // The files stay open and are re-read with pread: measured here, a
 // pread of schedstat costs ~2 us, of status ~4.5 us, an open+read+close
 // 8-20 us.
 type liveTasks struct {
 	threads *os.File // cgroup.threads
+	fd      int      // its descriptor (os.File.Fd would reset its mode each time)
 	list    []byte   // its text
 	buf     []byte   // a task file's text
 	files   map[uint32]*taskFiles
@@ -61,6 +62,11 @@ type liveTasks struct {
 type taskFiles struct {
 	schedstat, status int
 	gen               uint64 // the last read that listed the task
+	// last is the previous read: while sum_exec_runtime and pcount stay
+	// put, the task has not run, so its switch counts have not moved
+	// either and status (the costlier file) is not read again.
+	last taskTotals
+	read bool
 }
 
 func newLiveTasks(cgroupDir string) (*liveTasks, error) {
@@ -68,7 +74,7 @@ func newLiveTasks(cgroupDir string) (*liveTasks, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &liveTasks{threads: f, list: make([]byte, 4096), buf: make([]byte, 4096), files: map[uint32]*taskFiles{}}, nil
+	return &liveTasks{threads: f, fd: int(f.Fd()), list: make([]byte, 4096), buf: make([]byte, 4096), files: map[uint32]*taskFiles{}}, nil
 }
 
 // read sums the listed threads but those in skip (tasks the exit bank
@@ -76,7 +82,7 @@ func newLiveTasks(cgroupDir string) (*liveTasks, error) {
 // listed.
 func (l *liveTasks) read(skip map[uint32]bool) (taskTotals, error) {
 	var sum taskTotals
-	list, err := preadAll(int(l.threads.Fd()), &l.list)
+	list, err := preadAll(l.fd, &l.list)
 	if err != nil {
 		return sum, fmt.Errorf("read cgroup.threads: %w", err)
 	}
@@ -187,6 +193,10 @@ func (l *liveTasks) readFiles(f *taskFiles) (taskTotals, error) {
 			return t, fmt.Errorf("schedstat: %w", err)
 		}
 	}
+	if f.read && t.cpuNs == f.last.cpuNs && t.pcount == f.last.pcount {
+		t.nvcsw, t.nivcsw = f.last.nvcsw, f.last.nivcsw
+		return t, nil
+	}
 	if b, err = preadAll(f.status, &l.buf); err != nil {
 		return t, err
 	}
@@ -196,6 +206,7 @@ func (l *liveTasks) readFiles(f *taskFiles) (taskTotals, error) {
 	if t.nivcsw, err = statusField(b, "\nnonvoluntary_ctxt_switches:"); err != nil {
 		return t, err
 	}
+	f.last, f.read = t, true
 	return t, nil
 }
 
