@@ -194,7 +194,7 @@ func (g *schedGroup) summarize(s *Summary) {
 	s.VoluntaryCS, s.InvoluntaryCS = b.nvcsw, b.nivcsw
 	s.PeakRSSBytes = max(s.PeakRSSBytes, b.exitRSSPeak)
 	if g.runq && b.pcount > 0 {
-		s.Lines = append(s.Lines, fmt.Sprintf("run-queue wait: %s in total over %d waits (mean %s)",
+		s.Lines = append(s.Lines, fmt.Sprintf("run-queue wait in total: %s over %d waits (mean %s)",
 			time.Duration(b.runDelayNs).Round(time.Microsecond), b.pcount,
 			time.Duration(b.runDelayNs/b.pcount).Round(time.Microsecond)))
 	}
