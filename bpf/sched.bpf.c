@@ -28,6 +28,10 @@ const volatile __u32 off_rss_stat = 0;     // mm_struct.rss_stat
 const volatile __u32 off_pcpu_count = 0;   // percpu_counter.count
 const volatile __u32 size_pcpu = 0;        // sizeof(struct percpu_counter)
 const volatile __u64 page_size = 4096;
+// statexec's PID namespace (the device, in the kernel's encoding, and
+// inode of /proc/self/ns/pid): cgroup.threads lists tids as seen there.
+const volatile __u64 pidns_dev = 0;
+const volatile __u64 pidns_ino = 0;
 
 // One per-CPU instance; user space sums the CPUs. Field order is the Go
 // struct's (bpf2go generates it from BTF). The exit bank: the sums of the
@@ -75,9 +79,12 @@ struct {
 // keep their values of exit.
 struct exit_entry {
 	__u64 task; // the task_struct, to tell a reused tid apart
+	// The tid in statexec's PID namespace (as in cgroup.threads), 0 when
+	// the task is in another one (the key is the kernel's global tid).
+	__u32 ns_tid;
 	// A thread (not a process): rusage has its context switches as of
 	// its exit, so its entry's are not corrected afterwards.
-	__u64 thread;
+	__u32 thread;
 	// What the bank has of the task. nvcsw counts its last switch (to
 	// TASK_DEAD) as done: see on_sched_process_exit.
 	__u64 cpu_ns;
@@ -144,6 +151,9 @@ int on_sched_process_exit(__u64 *ctx)
 
 	e.task = (__u64)task;
 	e.thread = !leader;
+	struct bpf_pidns_info ns = {};
+	if (!bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino, &ns, sizeof(ns)))
+		e.ns_tid = ns.pid;
 	e.cpu_ns = FIELD(__u64, task, off_sum_exec_runtime);
 	e.nvcsw = FIELD(unsigned long, task, off_nvcsw);
 	e.nivcsw = FIELD(unsigned long, task, off_nivcsw);

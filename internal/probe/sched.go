@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // The BPF objects are generated and committed so that building statexec
@@ -61,6 +62,7 @@ func loadSchedGroup(env *loadEnv) (_ group, err error) {
 	if err != nil {
 		return nil, err
 	}
+	pidns := ownPidNamespace()
 	vars := commonVariables(env.cg, l)
 	for name, v := range map[string]any{
 		"off_sum_exec_runtime": l.SumExecRuntime,
@@ -78,6 +80,8 @@ func loadSchedGroup(env *loadEnv) (_ group, err error) {
 		"off_pcpu_count":       l.PcpuCount,
 		"size_pcpu":            l.PcpuSize,
 		"page_size":            uint64(os.Getpagesize()),
+		"pidns_dev":            pidns.dev,
+		"pidns_ino":            pidns.ino,
 	} {
 		vars[name] = v
 	}
@@ -139,7 +143,7 @@ func (g *schedGroup) sample() error {
 	var e schedExitEntry
 	it := g.objs.Exited.Iterate()
 	for it.Next(&tid, &e) {
-		g.exited[tid] = false
+		g.exited[e.nsTid(tid)] = false
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read BPF exited tasks: %w", err)
@@ -206,11 +210,18 @@ func (g *schedGroup) summarize(s *Summary) {
 // The kernel frees it (sched_process_free, which would add the same) only
 // an RCU grace period after the reaping, after the run's last sample.
 func (g *schedGroup) processExiting(pid int) {
-	tid := uint32(pid)
+	// The map's keys are the kernel's global tids, pid is statexec's.
+	var key, tid uint32
 	var e schedExitEntry
-	if err := g.objs.Exited.Lookup(tid, &e); err != nil {
+	found := false
+	it := g.objs.Exited.Iterate()
+	for !found && it.Next(&key, &e) {
+		found = e.nsTid(key) == uint32(pid)
+	}
+	if !found {
 		return // not banked (yet): counted live
 	}
+	tid = uint32(pid)
 	t, ok := g.live.readOnce(tid)
 	if !ok {
 		return
@@ -230,7 +241,32 @@ func (g *schedGroup) processExiting(pid int) {
 	}
 	g.corrected.add(c)
 	// What is added now, sched_process_free must not add again.
-	_ = g.objs.Exited.Update(tid, &e, ebpf.UpdateExist)
+	_ = g.objs.Exited.Update(key, &e, ebpf.UpdateExist)
+}
+
+// nsTid is the entry's tid as statexec (and cgroup.threads) sees it.
+// Without one (the task was in a PID namespace of its own), the global
+// tid is right only when statexec runs in the initial namespace.
+func (e *schedExitEntry) nsTid(key uint32) uint32 {
+	if e.NsTid != 0 {
+		return e.NsTid
+	}
+	return key
+}
+
+type pidNamespace struct{ dev, ino uint64 }
+
+// ownPidNamespace identifies statexec's PID namespace for
+// bpf_get_ns_current_pid_tgid: the nsfs device in the kernel's dev_t
+// encoding (major << 20 | minor) and the inode. Zero when unknown: the
+// helper then fails and the programs fall back to global tids.
+func ownPidNamespace() pidNamespace {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
+		return pidNamespace{}
+	}
+	dev := uint64(unix.Major(st.Dev))<<20 | uint64(unix.Minor(st.Dev))
+	return pidNamespace{dev: dev, ino: st.Ino}
 }
 
 // exitRSSPeak is the highest memory peak of one process at its exit.

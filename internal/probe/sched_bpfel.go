@@ -16,7 +16,8 @@ import (
 type schedExitEntry struct {
 	_        structs.HostLayout
 	Task     uint64
-	Thread   uint64
+	NsTid    uint32
+	Thread   uint32
 	CpuNs    uint64
 	Nvcsw    uint64
 	Nivcsw   uint64
@@ -64,6 +65,8 @@ const (
 	schedVarOffSumExecRuntime   = "off_sum_exec_runtime"
 	schedVarOffTgid             = "off_tgid"
 	schedVarPageSize            = "page_size"
+	schedVarPidnsDev            = "pidns_dev"
+	schedVarPidnsIno            = "pidns_ino"
 	schedVarSizePcpu            = "size_pcpu"
 	schedVarTargetCgid          = "target_cgid"
 )
@@ -146,6 +149,8 @@ type schedVariableSpecs struct {
 	OffSumExecRuntime *ebpf.VariableSpec `ebpf:"off_sum_exec_runtime"`
 	OffTgid           *ebpf.VariableSpec `ebpf:"off_tgid"`
 	PageSize          *ebpf.VariableSpec `ebpf:"page_size"`
+	PidnsDev          *ebpf.VariableSpec `ebpf:"pidns_dev"`
+	PidnsIno          *ebpf.VariableSpec `ebpf:"pidns_ino"`
 	SizePcpu          *ebpf.VariableSpec `ebpf:"size_pcpu"`
 	TargetCgid        *ebpf.VariableSpec `ebpf:"target_cgid"`
 }
@@ -204,6 +209,8 @@ type schedVariables struct {
 	OffSumExecRuntime *ebpf.Variable `ebpf:"off_sum_exec_runtime"`
 	OffTgid           *ebpf.Variable `ebpf:"off_tgid"`
 	PageSize          *ebpf.Variable `ebpf:"page_size"`
+	PidnsDev          *ebpf.Variable `ebpf:"pidns_dev"`
+	PidnsIno          *ebpf.Variable `ebpf:"pidns_ino"`
 	SizePcpu          *ebpf.Variable `ebpf:"size_pcpu"`
 	TargetCgid        *ebpf.Variable `ebpf:"target_cgid"`
 }

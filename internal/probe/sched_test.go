@@ -359,3 +359,36 @@ func BenchmarkSchedSample(b *testing.B) {
 		})
 	}
 }
+
+// TestSchedExitEntryTid: an exited, unreaped child is in the exit map
+// under the tid statexec sees (cgroup.threads' and ProcessExiting's),
+// set by bpf_get_ns_current_pid_tgid, not only the kernel's global one.
+func TestSchedExitEntryTid(t *testing.T) {
+	s := startEBPF(t)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"=spin", "HELPER_MS=20")
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	s.PrepareCommand(cmd.SysProcAttr)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.CommandStarted(cmd.Process.Pid)
+	waitNoReap(cmd.Process.Pid)
+	g := s.group("sched").(*schedGroup)
+	var key uint32
+	var e schedExitEntry
+	found := false
+	for it := g.objs.Exited.Iterate(); it.Next(&key, &e); {
+		if e.NsTid == uint32(cmd.Process.Pid) && e.Thread == 0 {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no exit entry with ns tid %d", cmd.Process.Pid)
+	}
+	s.ProcessExiting(cmd.Process.Pid)
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	s.CommandEnded()
+}
