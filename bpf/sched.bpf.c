@@ -96,7 +96,7 @@ struct exit_entry {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
+	__uint(max_entries, 4096);
 	__type(key, __u32);
 	__type(value, struct exit_entry);
 } exited SEC(".maps");

@@ -33,9 +33,9 @@ type schedGroup struct {
 	// runq: the kernel has sched_info, so run-queue waits are counted.
 	runq bool
 	cpus []schedSchedCounters // reused per-CPU read buffer
-	// exited: the tids of the exit bank still to be matched against the
-	// live list (see bpf/sched.bpf.c).
-	exited map[uint32]bool
+	// exited: the tids (as statexec sees them) of the tasks banked and
+	// not yet freed, skipped in the live list (see bpf/sched.bpf.c).
+	exited map[uint32]struct{}
 	// corrected: what user space added to the bank for statexec's own
 	// children (processExiting).
 	corrected taskTotals
@@ -88,7 +88,7 @@ func loadSchedGroup(env *loadEnv) (_ group, err error) {
 	if err := setVariables(spec, vars); err != nil {
 		return nil, err
 	}
-	g := &schedGroup{runq: l.HaveSchedInfo, exited: map[uint32]bool{}}
+	g := &schedGroup{runq: l.HaveSchedInfo, exited: map[uint32]struct{}{}}
 	if err := spec.LoadAndAssign(&g.objs, nil); err != nil {
 		return nil, loadError(err)
 	}
@@ -143,7 +143,7 @@ func (g *schedGroup) sample() error {
 	var e schedExitEntry
 	it := g.objs.Exited.Iterate()
 	for it.Next(&tid, &e) {
-		g.exited[e.nsTid(tid)] = false
+		g.exited[e.nsTid(tid)] = struct{}{}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read BPF exited tasks: %w", err)

@@ -78,9 +78,8 @@ func newLiveTasks(cgroupDir string) (*liveTasks, error) {
 }
 
 // read sums the listed threads but those in skip (tasks the exit bank
-// already has), and sets skip[tid] for those of skip that are still
-// listed.
-func (l *liveTasks) read(skip map[uint32]bool) (taskTotals, error) {
+// already has).
+func (l *liveTasks) read(skip map[uint32]struct{}) (taskTotals, error) {
 	var sum taskTotals
 	list, err := preadAll(l.fd, &l.list)
 	if err != nil {
@@ -96,7 +95,6 @@ func (l *liveTasks) read(skip map[uint32]bool) (taskTotals, error) {
 		}
 		tid := uint32(tid64)
 		if _, ok := skip[tid]; ok {
-			skip[tid] = true
 			continue
 		}
 		if t, ok := l.readTask(tid); ok {
