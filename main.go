@@ -63,6 +63,8 @@ Flags (may also follow the mode, up to the command; they win over variables):
       --format FORMAT        SE_METRICS_FORMAT            openmetrics or prometheus (openmetrics)
       --probes MODE          SE_PROBES                    auto, ebpf or plain (auto)
       --summary 0|1          SE_SUMMARY                   summary on stderr at the end (1)
+      --runqueue-histogram 0|1 SE_RUNQUEUE_HISTOGRAM      run-queue latency histogram (0; costs on
+                                                          every context switch of the host)
       --listen ADDR:PORT     SE_SYNC_LISTEN               sync server address (:8080)
       --token SECRET         SE_SYNC_TOKEN                shared secret of the sync modes
       --sync-timeout SECONDS SE_SYNC_TIMEOUT              how long a client retries (30)

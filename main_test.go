@@ -363,7 +363,7 @@ func TestHelpAndVersion(t *testing.T) {
 	for _, want := range []string{"exec", "waitStart", "waitStartAndStop", "syncStart", "syncStartAndStop", "recover",
 		"SE_METRICS_FILE", "SE_INSTANCE", "SE_TIME_RELATIVE", "SE_WAIT_TIME_BEFORE_COMMAND", "SE_WAIT_TIME_AFTER_COMMAND",
 		"SE_LABEL_", "SE_INTERVAL", "SE_METRICS_FORMAT", "SE_PROBES", "SE_SUMMARY", "SE_SYNC_LISTEN", "SE_SYNC_TOKEN",
-		"SE_SYNC_TIMEOUT", "SE_STOP_GRACE", "--file", "--label",
+		"SE_SYNC_TIMEOUT", "SE_STOP_GRACE", "SE_RUNQUEUE_HISTOGRAM", "--file", "--label",
 		"empty string counts as unset", "SE_METRICS_FILE= writes /tmp/statexec_metrics.txt",
 		"A label with an empty value is left out of the file"} {
 		if !strings.Contains(r.stdout, want) {

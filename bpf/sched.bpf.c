@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 //
-// statexec probe group "sched": the command tree's on-CPU time, context
-// switches, run-queue waits, task creations and memory peaks at exit, from
-// the scheduler's own per-task counters.
+// statexec probe group "sched": what the scheduler's per-task counters say
+// about the command's tree. No program runs per context switch: user space
+// sums the live tasks' own counters at each sample (/proc/<tid>/schedstat
+// and status, exact at the instant of the read), and the programs here run
+// only on the rare process events: a task's exit banks its final counters
+// (its /proc files go with it), a fork counts a task, an exit notes the
+// process's memory peak.
 
 #include "common.h"
 
@@ -12,7 +16,6 @@ char __license[] SEC("license") = "GPL";
 const volatile __u32 off_sum_exec_runtime = 0; // task_struct.se.sum_exec_runtime
 const volatile __u32 off_nvcsw = 0;
 const volatile __u32 off_nivcsw = 0;
-const volatile __u32 off_state = 0; // task_struct.__state
 const volatile __u32 off_pid = 0;
 const volatile __u32 off_tgid = 0;
 const volatile bool have_sched_info = false;
@@ -25,27 +28,28 @@ const volatile __u32 off_rss_stat = 0;     // mm_struct.rss_stat
 const volatile __u32 off_pcpu_count = 0;   // percpu_counter.count
 const volatile __u32 size_pcpu = 0;        // sizeof(struct percpu_counter)
 const volatile __u64 page_size = 4096;
-
-#define TASK_RUNNING 0
-#define TASK_DEAD 0x80
-
-// Run-queue latency histogram: slot k counts waits in [2^k, 2^(k+1)) ns,
-// the last slot everything from 2^31 ns (~2.1 s) on.
-#define HIST_SLOTS 32
+// statexec's PID namespace (the device, in the kernel's encoding, and
+// inode of /proc/self/ns/pid): cgroup.threads lists tids as seen there.
+const volatile __u64 pidns_dev = 0;
+const volatile __u64 pidns_ino = 0;
 
 // One per-CPU instance; user space sums the CPUs. Field order is the Go
-// struct's (bpf2go generates it from BTF).
+// struct's (bpf2go generates it from BTF). The exit bank: the sums of the
+// counters of the tree's tasks that exited. The adds are atomic:
+// sched_process_free runs from RCU callbacks, which may interrupt another
+// of these programs on the same CPU (all run on rare events: no cost to
+// speak of).
 struct sched_counters {
-	__u64 cpu_ns;
-	__u64 voluntary_switches;
-	__u64 involuntary_switches;
-	__u64 runq_wait_ns;
-	__u64 runq_waits;
+	__u64 cpu_ns;               // se.sum_exec_runtime
+	__u64 voluntary_switches;   // nvcsw
+	__u64 involuntary_switches; // nivcsw
+	__u64 runq_wait_ns;         // sched_info.run_delay
+	__u64 runq_waits;           // sched_info.pcount
 	__u64 tasks_created;
+	__u64 tasks_exited;
 	// Not a sum: the highest memory peak of one process at its exit
 	// (user space takes the maximum over the CPUs).
 	__u64 exit_rss_peak_bytes;
-	__u64 runq_hist[HIST_SLOTS];
 };
 
 struct {
@@ -55,119 +59,53 @@ struct {
 	__type(value, struct sched_counters);
 } counters SEC(".maps");
 
-// Per-task state, freed by the kernel with the task: far cheaper than a
-// pid-keyed hash map and cannot leak entries of exited tasks. It holds the
-// task's own counters as seen at its previous switch-out: the programs
-// only add up the kernel's exact per-task counters' deltas.
-struct task_state {
-	__u64 last_runtime;   // se.sum_exec_runtime
-	__u64 last_nvcsw;     // nvcsw
-	__u64 last_nivcsw;    // nivcsw
-	__u64 last_run_delay; // sched_info.run_delay
-	__u64 last_pcount;    // sched_info.pcount
+// The tasks banked at exit, by tid, until the kernel frees them.
+//
+// A task is banked at sched_process_exit but leaves the cgroup's task
+// list (cgroup_exit) a little later: until then user space would find it
+// in cgroup.threads too and count it twice. User space reads the bank,
+// then the keys of this map, then cgroup.threads, and skips the live tasks
+// in the map.
+//
+// The values are not quite final at exit: the task still runs its exit
+// path, and the scheduler folds a running task's current slice into
+// sum_exec_runtime only at its next tick or switch (up to a tick late;
+// all of a short-lived process's last slice). So each entry keeps what
+// the bank has of the task, and the rest is added when it is known: at
+// sched_process_free (after the task's last switch; an RCU grace period
+// after it is reaped), or earlier by user space for statexec's own
+// children, read from /proc while they are zombies. LRU: should entries
+// pile up (zombies nobody reaps), the oldest make room and those tasks
+// keep their values of exit.
+struct exit_entry {
+	__u64 task; // the task_struct, to tell a reused tid apart
+	// The tid in statexec's PID namespace (as in cgroup.threads), 0 when
+	// the task is in another one (the key is the kernel's global tid).
+	__u32 ns_tid;
+	// A thread (not a process): rusage has its context switches as of
+	// its exit, so its entry's are not corrected afterwards.
+	__u32 thread;
+	// What the bank has of the task. nvcsw counts its last switch (to
+	// TASK_DEAD) as done: see on_sched_process_exit.
+	__u64 cpu_ns;
+	__u64 nvcsw;
+	__u64 nivcsw;
+	__u64 run_delay;
+	__u64 pcount;
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct task_state);
-} task_states SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct exit_entry);
+} exited SEC(".maps");
 
 static __always_inline struct sched_counters *get_counters(void)
 {
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&counters, &zero);
-}
-
-// Everything per-task is taken at switch-out, from the kernel's own
-// per-task counters, which the scheduler updated just before this
-// tracepoint: sum_exec_runtime (on-CPU time), nvcsw/nivcsw (what rusage
-// reports) and sched_info (run-queue wait before the slice that ends now,
-// from rq_clock). That needs no clock read (bpf_ktime_get_ns is expensive
-// in VMs), no pairing of events, no program on the wakeup tracepoints and
-// nothing for tasks outside the cgroup but one helper call. A task's first
-// deltas are its whole history: it was born in the cgroup at zero
-// (CLONE_INTO_CGROUP / fork). A dead task switches out one last time,
-// which accounts its final slice too.
-//
-// Raw tracepoint: attached by name, so the loader needs no kernel BTF.
-// ctx: preempt, prev, next[, prev_state since 5.18: not used].
-SEC("raw_tp/sched_switch")
-int on_sched_switch(__u64 *ctx)
-{
-	struct sched_counters *c;
-	struct task_state *st;
-	struct task_struct *prev;
-	bool preempt = ctx[0];
-
-	// prev is current: the helper is the cheapest way to its cgroup.
-	if (bpf_get_current_cgroup_id() != target_cgid)
-		return 0;
-	c = get_counters();
-	if (!c)
-		return 0;
-	// The same task as ctx[1], as a pointer the verifier trusts (task
-	// storage needs one, and it allows plain loads of its fields).
-	prev = bpf_get_current_task_btf();
-	__u32 state = FIELD(__u32, prev, off_state);
-	st = bpf_task_storage_get(&task_states, prev, 0,
-				  BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!st) {
-		// No memory for the task's state: classify this switch alone.
-		if (preempt || state == TASK_RUNNING)
-			c->involuntary_switches++;
-		else if (!(state & TASK_DEAD))
-			c->voluntary_switches++;
-		return 0;
-	}
-
-	__u64 rt = FIELD(__u64, prev, off_sum_exec_runtime);
-	__u64 nv = FIELD(unsigned long, prev, off_nvcsw);
-	__u64 niv = FIELD(unsigned long, prev, off_nivcsw);
-	__u64 dv = nv - st->last_nvcsw;
-
-	c->cpu_ns += rt - st->last_runtime;
-	st->last_runtime = rt;
-
-	// The kernel's counters rather than a classification of this switch
-	// from its arguments: a task going to sleep with a signal pending is
-	// switched out runnable but counted voluntary (by rusage too).
-	// An exiting thread's final switch comes after its counts were
-	// folded into its process (release_task), so rusage never sees it;
-	// skip it to match. A group leader's final switch normally precedes
-	// its reaping by the parent, so rusage has that one.
-	if ((state & TASK_DEAD) && dv &&
-	    FIELD(int, prev, off_pid) != FIELD(int, prev, off_tgid))
-		dv--;
-	c->voluntary_switches += dv;
-	c->involuntary_switches += niv - st->last_nivcsw;
-	st->last_nvcsw = nv;
-	st->last_nivcsw = niv;
-
-	// run_delay sums the waits from becoming runnable (wakeup, new task,
-	// preemption) to running; pcount counts the arrivals, normally
-	// exactly one since the previous switch-out.
-	if (have_sched_info) {
-		__u64 delay = FIELD(__u64, prev, off_run_delay);
-		__u64 pc = FIELD(unsigned long, prev, off_pcount);
-		__u64 dw = delay - st->last_run_delay;
-		__u64 dp = pc - st->last_pcount;
-
-		st->last_run_delay = delay;
-		st->last_pcount = pc;
-		if (dp) {
-			__u32 slot = log2_u64(dp == 1 ? dw : dw / dp);
-
-			if (slot >= HIST_SLOTS)
-				slot = HIST_SLOTS - 1;
-			c->runq_wait_ns += dw;
-			c->runq_waits += dp;
-			c->runq_hist[slot] += dp;
-		}
-	}
-	return 0;
 }
 
 // ctx: parent, child. The child is already attached to its cgroup here, so
@@ -183,29 +121,72 @@ int on_sched_process_fork(__u64 *ctx)
 		return 0;
 	c = get_counters();
 	if (c)
-		c->tasks_created++;
+		__sync_fetch_and_add(&c->tasks_created, 1);
 	return 0;
 }
 
-// A process's memory peak, taken as it exits: the peak of its own memory
-// map (hiwater_rss, or the current RSS if higher: hiwater_rss is only
-// updated lazily). Unlike rusage's maxrss, it does not include the map the
-// process had before exec (statexec's own, for the command). Since Linux
-// 6.16 this tracepoint fires before exit_mm(), so the map is still there;
-// on older kernels mm is NULL here and nothing is recorded. The RSS
-// counters are read without their per-CPU deltas: within 32 pages per
-// counter and CPU.
+// The exiting task is current. Its counters are final but for its exit
+// path and its current slice (see exited above).
+//
+// The memory peak: the peak of the process's own memory map (hiwater_rss,
+// or the current RSS if higher: hiwater_rss is only updated lazily).
+// Unlike rusage's maxrss, it does not include the map the process had
+// before exec (statexec's own, for the command). Since Linux 6.16 this
+// tracepoint fires before exit_mm(), so the map is still there; on older
+// kernels mm is NULL here and no peak is recorded. The RSS counters are
+// read without their per-CPU deltas: within 32 pages per counter and CPU.
 SEC("raw_tp/sched_process_exit")
 int on_sched_process_exit(__u64 *ctx)
 {
 	struct sched_counters *c;
 	struct task_struct *task;
+	struct exit_entry e = {};
 	void *mm;
 
-	if (!have_mm_peak || bpf_get_current_cgroup_id() != target_cgid)
+	if (bpf_get_current_cgroup_id() != target_cgid)
 		return 0;
 	task = bpf_get_current_task_btf();
+	__u32 tid = FIELD(int, task, off_pid);
+	bool leader = tid == (__u32)FIELD(int, task, off_tgid);
+
+	e.task = (__u64)task;
+	e.thread = !leader;
+	struct bpf_pidns_info ns = {};
+	if (!bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino, &ns, sizeof(ns)))
+		e.ns_tid = ns.pid;
+	e.cpu_ns = FIELD(__u64, task, off_sum_exec_runtime);
+	e.nvcsw = FIELD(unsigned long, task, off_nvcsw);
+	e.nivcsw = FIELD(unsigned long, task, off_nivcsw);
+	if (have_sched_info) {
+		e.run_delay = FIELD(__u64, task, off_run_delay);
+		e.pcount = FIELD(unsigned long, task, off_pcount);
+	}
+	// A task's last switch (to TASK_DEAD) is voluntary and comes later.
+	// rusage counts a process's (it precedes its reaping) but not a
+	// thread's (it follows the folding of the thread's counts into its
+	// process): the bank counts it now for a process, whose entry has
+	// it as done so that the later corrections do not add it again.
+	e.nvcsw++;
+
+	// Entered before it is banked: a sample that sees it banked sees it
+	// in the map, and never counts it live as well.
+	bpf_map_update_elem(&exited, &tid, &e, BPF_ANY);
+	c = get_counters();
+	if (!c)
+		return 0;
+	__sync_fetch_and_add(&c->cpu_ns, e.cpu_ns);
+	__sync_fetch_and_add(&c->voluntary_switches, leader ? e.nvcsw : e.nvcsw - 1);
+	__sync_fetch_and_add(&c->involuntary_switches, e.nivcsw);
+	__sync_fetch_and_add(&c->runq_wait_ns, e.run_delay);
+	__sync_fetch_and_add(&c->runq_waits, e.pcount);
+	__sync_fetch_and_add(&c->tasks_exited, 1);
+
+	if (!have_mm_peak)
+		return 0;
 	mm = FIELD(void *, task, off_mm);
+	// Threads share the process's map: only the last one out (or a
+	// single-threaded process) is worth a look, but any thread's view
+	// is a lower bound of the same peak, so no need to tell them apart.
 	if (!mm)
 		return 0;
 	__s64 file = FIELD(__s64, mm, off_rss_stat + 0 * size_pcpu + off_pcpu_count);
@@ -216,8 +197,55 @@ int on_sched_process_exit(__u64 *ctx)
 
 	if ((__u64)rss > pages)
 		pages = rss;
-	c = get_counters();
-	if (c && pages * page_size > c->exit_rss_peak_bytes)
+	if (pages * page_size > c->exit_rss_peak_bytes)
 		c->exit_rss_peak_bytes = pages * page_size;
+	return 0;
+}
+
+static __always_inline __u64 more(__u64 now, __u64 *had)
+{
+	__u64 d = now > *had ? now - *had : 0;
+
+	*had += d;
+	return d;
+}
+
+// The kernel frees a task an RCU grace period after it was reaped, long
+// after its last switch: its counters are final. ctx: the task (not
+// current).
+SEC("raw_tp/sched_process_free")
+int on_sched_process_free(__u64 *ctx)
+{
+	struct sched_counters *c;
+	struct exit_entry *e;
+	void *task = (void *)ctx[0];
+	__u64 v = 0;
+	__u32 tid = 0;
+
+	if (bpf_probe_read_kernel(&tid, sizeof(tid), (char *)task + off_pid))
+		return 0;
+	e = bpf_map_lookup_elem(&exited, &tid);
+	if (!e || e->task != (__u64)task)
+		return 0;
+	c = get_counters();
+	if (c) {
+		if (!bpf_probe_read_kernel(&v, sizeof(v), (char *)task + off_sum_exec_runtime))
+			__sync_fetch_and_add(&c->cpu_ns, more(v, &e->cpu_ns));
+		v = 0;
+		if (!e->thread && !bpf_probe_read_kernel(&v, sizeof(unsigned long), (char *)task + off_nvcsw))
+			__sync_fetch_and_add(&c->voluntary_switches, more(v, &e->nvcsw));
+		v = 0;
+		if (!e->thread && !bpf_probe_read_kernel(&v, sizeof(unsigned long), (char *)task + off_nivcsw))
+			__sync_fetch_and_add(&c->involuntary_switches, more(v, &e->nivcsw));
+		if (have_sched_info) {
+			v = 0;
+			if (!bpf_probe_read_kernel(&v, sizeof(v), (char *)task + off_run_delay))
+				__sync_fetch_and_add(&c->runq_wait_ns, more(v, &e->run_delay));
+			v = 0;
+			if (!bpf_probe_read_kernel(&v, sizeof(unsigned long), (char *)task + off_pcount))
+				__sync_fetch_and_add(&c->runq_waits, more(v, &e->pcount));
+		}
+	}
+	bpf_map_delete_elem(&exited, &tid);
 	return 0;
 }

@@ -10,6 +10,7 @@
 #      its file holds between them; pidstat -p sampling a sleeping
 #      process every second is the baseline
 #   2. `perf bench sched pipe`, pinned to one CPU, under statexec vs bare
+#      (and under statexec with the opt-in run-queue histogram, ebpf-runq)
 #   3. wall time added to `statexec exec true` vs bare `true`
 #   4. peak RSS of statexec over `exec sleep N` (VmHWM), and its RSS at a
 #      quarter and at the end of the run (flat or not)
@@ -52,10 +53,13 @@ go build -o "$BIN" .
 have() { command -v "$1" >/dev/null; }
 
 # se MODE CMD... runs CMD under statexec with the given probes backend.
+# MODE ebpf-runq is the eBPF backend with the opt-in run-queue histogram
+# (group runq: a program on every context switch).
 se() {
-	local mode=$1
+	local mode=$1 probes=$1 hist=0
 	shift
-	SE_PROBES=$mode SE_METRICS_FILE=$TMP/metrics-$mode.txt SE_SUMMARY=0 "$BIN" exec "$@"
+	if [[ $mode == ebpf-runq ]]; then probes=ebpf hist=1; fi
+	SE_RUNQUEUE_HISTOGRAM=$hist SE_PROBES=$probes SE_METRICS_FILE=$TMP/metrics-$mode.txt SE_SUMMARY=0 "$BIN" exec "$@"
 }
 
 # Check that the eBPF backend really loads here; otherwise say so once.
@@ -202,7 +206,12 @@ per_sample_cost 100ms "$CPU_SECS_100MS" 100ms
 if have perf; then
 	echo "== 2. perf bench sched pipe -l $PIPE_LOOPS on CPU $PIN_CPU (usecs/op; $ROUNDS pairs)"
 	pipe() { "$@" taskset -c "$PIN_CPU" perf bench sched pipe -l "$PIPE_LOOPS" 2>/dev/null | awk '/usecs\/op/ { print $1 }'; }
+	# The default groups run no program per context switch; the opt-in
+	# run-queue histogram (ebpf-runq) does, in the same interleaved pairs.
+	saved_modes=("${MODES[@]}")
+	if [[ " ${MODES[*]} " == *" ebpf "* ]]; then MODES+=(ebpf-runq); fi
 	paired pipe usecs/op "under statexec(%s)" slowdown
+	MODES=("${saved_modes[@]}")
 else
 	echo "== 2. skipped: perf not installed (apt-get install linux-perf)"
 fi

@@ -75,6 +75,10 @@ type Config struct {
 	// first or the last /stop (SE_SYNC_STOP).
 	SyncParties  int
 	SyncStopLast bool
+
+	// RunqueueHistogram (probe group "runq") turns on the run-queue
+	// latency histogram, which needs a program on every context switch.
+	RunqueueHistogram bool
 }
 
 // RemoteWrite configures live remote write (SE_REMOTE_WRITE_*) and push.
@@ -312,6 +316,18 @@ var settings = []setting{
 			c.Summary = true
 		case "0", "false", "no", "off":
 			c.Summary = false
+		default:
+			return fmt.Errorf("%q is not 0 or 1", v)
+		}
+		return nil
+	}},
+	// Probe group "runq": opt-in, it costs on every context switch.
+	{"SE_RUNQUEUE_HISTOGRAM", "runqueue-histogram", "", func(c *Config, v string) error {
+		switch strings.ToLower(v) {
+		case "1", "true", "yes", "on":
+			c.RunqueueHistogram = true
+		case "0", "false", "no", "off":
+			c.RunqueueHistogram = false
 		default:
 			return fmt.Errorf("%q is not 0 or 1", v)
 		}

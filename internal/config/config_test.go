@@ -325,3 +325,30 @@ func TestSyncPartiesSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestRunqueueHistogram: the opt-in histogram (probe group runq) is off by
+// default, on with SE_RUNQUEUE_HISTOGRAM=1, and the flag wins.
+func TestRunqueueHistogram(t *testing.T) {
+	for _, c := range []struct {
+		env  []string
+		args []string
+		want bool
+	}{
+		{nil, []string{"exec", "true"}, false},
+		{[]string{"SE_RUNQUEUE_HISTOGRAM=1"}, []string{"exec", "true"}, true},
+		{[]string{"SE_RUNQUEUE_HISTOGRAM=on"}, []string{"exec", "true"}, true},
+		{[]string{"SE_RUNQUEUE_HISTOGRAM=1"}, []string{"--runqueue-histogram", "0", "exec", "true"}, false},
+		{nil, []string{"exec", "--runqueue-histogram=1", "true"}, true},
+	} {
+		inv, err := parse(t, c.env, c.args...)
+		if err != nil {
+			t.Fatalf("%v %v: %v", c.env, c.args, err)
+		}
+		if inv.Config.RunqueueHistogram != c.want {
+			t.Errorf("%v %v: RunqueueHistogram %v, want %v", c.env, c.args, inv.Config.RunqueueHistogram, c.want)
+		}
+	}
+	if _, err := parse(t, []string{"SE_RUNQUEUE_HISTOGRAM=maybe"}, "exec", "true"); err == nil || !IsUsage(err) {
+		t.Errorf("SE_RUNQUEUE_HISTOGRAM=maybe: %v, want a usage error", err)
+	}
+}

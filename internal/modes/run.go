@@ -163,7 +163,7 @@ func (r *run) setup() (int, error) {
 	for _, c := range host.Collectors(context.Background()) {
 		labeled.MustRegister(c)
 	}
-	r.probe, err = probe.Start(probe.Options{Mode: probe.Mode(r.cfg.Probes), Notice: r.stderr})
+	r.probe, err = probe.Start(probe.Options{Mode: probe.Mode(r.cfg.Probes), Notice: r.stderr, RunqueueHistogram: r.cfg.RunqueueHistogram})
 	if err != nil {
 		return ExitUsage, fmt.Errorf("probes: %w", err)
 	}

@@ -42,6 +42,8 @@ type groupSpec struct {
 	// left out with a notice.
 	required bool
 	load     func(env *loadEnv) (group, error)
+	// optIn groups load only when asked for (nil: always).
+	optIn func(env *loadEnv) bool
 }
 
 // groupSpecs lists every group, in the order they are exported.
@@ -49,6 +51,9 @@ func groupSpecs() []groupSpec {
 	return []groupSpec{
 		{name: "sched", required: true, load: loadSchedGroup},
 		{name: "net", required: true, load: loadNetGroup},
+		// runq: opt-in (SE_RUNQUEUE_HISTOGRAM), a program on every
+		// context switch of the host.
+		{name: "runq", load: loadRunqGroup, optIn: func(env *loadEnv) bool { return env.runqHistogram }},
 	}
 }
 
@@ -57,6 +62,8 @@ type loadEnv struct {
 	cg *cgroup
 	// desc makes a metric description with the session's const labels.
 	desc func(name, help string, labels ...string) *prometheus.Desc
+	// runqHistogram asks for the opt-in group runq.
+	runqHistogram bool
 
 	layoutOnce sync.Once
 	layoutC    chan layoutResult
@@ -104,7 +111,12 @@ func loadGroups(env *loadEnv) []loadedGroup {
 	// error is ignored: without privileges it fails for the same reason
 	// the loads will, and their errors name the real cause.
 	_ = rlimit.RemoveMemlock()
-	specs := groupSpecs()
+	var specs []groupSpec
+	for _, sp := range groupSpecs() {
+		if sp.optIn == nil || sp.optIn(env) {
+			specs = append(specs, sp)
+		}
+	}
 	out := make([]loadedGroup, len(specs))
 	var wg sync.WaitGroup
 	for i, sp := range specs {

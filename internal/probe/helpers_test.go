@@ -123,6 +123,8 @@ func runHelper(mode string) error {
 		return nil
 	case "fallback":
 		return fallbackHelper()
+	case "spin", "churn", "idle":
+		return schedHelper(mode)
 	default:
 		return fmt.Errorf("unknown helper %q", mode)
 	}
@@ -223,8 +225,16 @@ func requireRoot(t testing.TB) {
 // unless the kernel lacks BPF altogether.
 func startEBPF(t testing.TB) *Session {
 	t.Helper()
+	return startEBPFWith(t, Options{})
+}
+
+// startEBPFWith is startEBPF with more options (Mode and ConstLabels are
+// set here).
+func startEBPFWith(t testing.TB, opts Options) *Session {
+	t.Helper()
 	requireRoot(t)
-	s, err := Start(Options{Mode: ModeEBPF, ConstLabels: prometheus.Labels{"job": "test"}})
+	opts.Mode, opts.ConstLabels = ModeEBPF, prometheus.Labels{"job": "test"}
+	s, err := Start(opts)
 	if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, errNoKernelBTF) {
 		t.Skipf("kernel lacks BPF support: %v", err)
 	}

@@ -34,10 +34,10 @@
 // bpf/<group>.bpf.c beside <group>.go):
 //
 //	statexec_process_network_{sent,received}_{bytes,packets}_total       cgroup_skb
-//	statexec_process_sched_cpu_seconds_total                     sum_exec_runtime deltas
-//	statexec_process_sched_context_switches_total{kind=...}      nvcsw/nivcsw deltas
-//	statexec_process_sched_runqueue_wait_seconds_total           sched_info run_delay deltas
-//	statexec_process_sched_runqueue_latency_seconds              histogram, le 1.024us..1.07s
+//	statexec_process_sched_cpu_seconds_total                     sum_exec_runtime of live tasks + exit bank
+//	statexec_process_sched_context_switches_total{kind=...}      nvcsw/nivcsw of live tasks + exit bank
+//	statexec_process_sched_runqueue_wait_seconds_total           run_delay of live tasks + exit bank
+//	statexec_process_sched_runqueue_latency_seconds              histogram, le 1.024us..1.07s (opt-in group runq)
 //	statexec_process_forks_total                                 sched_process_fork
 //
 // The counters start at the command's start and keep what exited
@@ -79,6 +79,9 @@ type Options struct {
 	// ConstLabels are added to every metric of the collector
 	// (instance, job, role and SE_LABEL_ labels).
 	ConstLabels prometheus.Labels
+	// RunqueueHistogram loads the opt-in probe group "runq" (the
+	// run-queue latency histogram, a program on every context switch).
+	RunqueueHistogram bool
 }
 
 // Summary is what the end-of-run summary prints.
@@ -189,7 +192,9 @@ func (s *Session) loadGroups(cgErr error) error {
 	if cgErr != nil {
 		return fmt.Errorf("create cgroup: %w", cgErr)
 	}
-	loaded := loadGroups(newLoadEnv(s.cg, s.coll.desc))
+	env := newLoadEnv(s.cg, s.coll.desc)
+	env.runqHistogram = s.opts.RunqueueHistogram
+	loaded := loadGroups(env)
 	var failed error
 	allFailed := true
 	for _, lg := range loaded {
@@ -288,7 +293,16 @@ func (s *Session) ProcessExiting(pid int) {
 		return
 	}
 	s.plain.exiting(pid)
+	for _, g := range s.groups {
+		if pe, ok := g.g.(processExiter); ok {
+			pe.processExiting(pid)
+		}
+	}
 }
+
+// processExiter is a probe group that takes the final counters of
+// statexec's exited children before they are reaped.
+type processExiter interface{ processExiting(pid int) }
 
 // CommandEnded is called after the root process was reaped. It takes one
 // last sample; the values stay collectable.

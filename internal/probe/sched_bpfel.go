@@ -13,6 +13,18 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type schedExitEntry struct {
+	_        structs.HostLayout
+	Task     uint64
+	NsTid    uint32
+	Thread   uint32
+	CpuNs    uint64
+	Nvcsw    uint64
+	Nivcsw   uint64
+	RunDelay uint64
+	Pcount   uint64
+}
+
 type schedSchedCounters struct {
 	_                   structs.HostLayout
 	CpuNs               uint64
@@ -21,17 +33,8 @@ type schedSchedCounters struct {
 	RunqWaitNs          uint64
 	RunqWaits           uint64
 	TasksCreated        uint64
+	TasksExited         uint64
 	ExitRssPeakBytes    uint64
-	RunqHist            [32]uint64
-}
-
-type schedTaskState struct {
-	_            structs.HostLayout
-	LastRuntime  uint64
-	LastNvcsw    uint64
-	LastNivcsw   uint64
-	LastRunDelay uint64
-	LastPcount   uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -39,10 +42,10 @@ type schedTaskState struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	schedMapCounters            = "counters"
-	schedMapTaskStates          = "task_states"
+	schedMapExited              = "exited"
 	schedProgOnSchedProcessExit = "on_sched_process_exit"
 	schedProgOnSchedProcessFork = "on_sched_process_fork"
-	schedProgOnSchedSwitch      = "on_sched_switch"
+	schedProgOnSchedProcessFree = "on_sched_process_free"
 	schedVarHaveMmPeak          = "have_mm_peak"
 	schedVarHaveSchedInfo       = "have_sched_info"
 	schedVarOffCgroups          = "off_cgroups"
@@ -59,10 +62,11 @@ const (
 	schedVarOffRssStat          = "off_rss_stat"
 	schedVarOffRunDelay         = "off_run_delay"
 	schedVarOffSkCgrp           = "off_sk_cgrp"
-	schedVarOffState            = "off_state"
 	schedVarOffSumExecRuntime   = "off_sum_exec_runtime"
 	schedVarOffTgid             = "off_tgid"
 	schedVarPageSize            = "page_size"
+	schedVarPidnsDev            = "pidns_dev"
+	schedVarPidnsIno            = "pidns_ino"
 	schedVarSizePcpu            = "size_pcpu"
 	schedVarTargetCgid          = "target_cgid"
 )
@@ -111,15 +115,15 @@ type schedSpecs struct {
 type schedProgramSpecs struct {
 	OnSchedProcessExit *ebpf.ProgramSpec `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.ProgramSpec `ebpf:"on_sched_process_fork"`
-	OnSchedSwitch      *ebpf.ProgramSpec `ebpf:"on_sched_switch"`
+	OnSchedProcessFree *ebpf.ProgramSpec `ebpf:"on_sched_process_free"`
 }
 
 // schedMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type schedMapSpecs struct {
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	TaskStates *ebpf.MapSpec `ebpf:"task_states"`
+	Counters *ebpf.MapSpec `ebpf:"counters"`
+	Exited   *ebpf.MapSpec `ebpf:"exited"`
 }
 
 // schedVariableSpecs contains global variables before they are loaded into the kernel.
@@ -142,10 +146,11 @@ type schedVariableSpecs struct {
 	OffRssStat        *ebpf.VariableSpec `ebpf:"off_rss_stat"`
 	OffRunDelay       *ebpf.VariableSpec `ebpf:"off_run_delay"`
 	OffSkCgrp         *ebpf.VariableSpec `ebpf:"off_sk_cgrp"`
-	OffState          *ebpf.VariableSpec `ebpf:"off_state"`
 	OffSumExecRuntime *ebpf.VariableSpec `ebpf:"off_sum_exec_runtime"`
 	OffTgid           *ebpf.VariableSpec `ebpf:"off_tgid"`
 	PageSize          *ebpf.VariableSpec `ebpf:"page_size"`
+	PidnsDev          *ebpf.VariableSpec `ebpf:"pidns_dev"`
+	PidnsIno          *ebpf.VariableSpec `ebpf:"pidns_ino"`
 	SizePcpu          *ebpf.VariableSpec `ebpf:"size_pcpu"`
 	TargetCgid        *ebpf.VariableSpec `ebpf:"target_cgid"`
 }
@@ -170,14 +175,14 @@ func (o *schedObjects) Close() error {
 //
 // It can be passed to loadSchedObjects or ebpf.CollectionSpec.LoadAndAssign.
 type schedMaps struct {
-	Counters   *ebpf.Map `ebpf:"counters"`
-	TaskStates *ebpf.Map `ebpf:"task_states"`
+	Counters *ebpf.Map `ebpf:"counters"`
+	Exited   *ebpf.Map `ebpf:"exited"`
 }
 
 func (m *schedMaps) Close() error {
 	return _SchedClose(
 		m.Counters,
-		m.TaskStates,
+		m.Exited,
 	)
 }
 
@@ -201,10 +206,11 @@ type schedVariables struct {
 	OffRssStat        *ebpf.Variable `ebpf:"off_rss_stat"`
 	OffRunDelay       *ebpf.Variable `ebpf:"off_run_delay"`
 	OffSkCgrp         *ebpf.Variable `ebpf:"off_sk_cgrp"`
-	OffState          *ebpf.Variable `ebpf:"off_state"`
 	OffSumExecRuntime *ebpf.Variable `ebpf:"off_sum_exec_runtime"`
 	OffTgid           *ebpf.Variable `ebpf:"off_tgid"`
 	PageSize          *ebpf.Variable `ebpf:"page_size"`
+	PidnsDev          *ebpf.Variable `ebpf:"pidns_dev"`
+	PidnsIno          *ebpf.Variable `ebpf:"pidns_ino"`
 	SizePcpu          *ebpf.Variable `ebpf:"size_pcpu"`
 	TargetCgid        *ebpf.Variable `ebpf:"target_cgid"`
 }
@@ -215,14 +221,14 @@ type schedVariables struct {
 type schedPrograms struct {
 	OnSchedProcessExit *ebpf.Program `ebpf:"on_sched_process_exit"`
 	OnSchedProcessFork *ebpf.Program `ebpf:"on_sched_process_fork"`
-	OnSchedSwitch      *ebpf.Program `ebpf:"on_sched_switch"`
+	OnSchedProcessFree *ebpf.Program `ebpf:"on_sched_process_free"`
 }
 
 func (p *schedPrograms) Close() error {
 	return _SchedClose(
 		p.OnSchedProcessExit,
 		p.OnSchedProcessFork,
-		p.OnSchedSwitch,
+		p.OnSchedProcessFree,
 	)
 }
 
