@@ -46,18 +46,18 @@ func tickSetup(b *testing.B, mode probe.Mode) (*Sampler, func()) {
 		b.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	labeled := prometheus.WrapRegistererWith(prometheus.Labels{"instance": "bench", "job": "statexec", "role": "standalone"}, reg)
-	status := prometheus.NewGauge(prometheus.GaugeOpts{Name: "statexec_command_status", Help: "State."})
-	duration := prometheus.NewGauge(prometheus.GaugeOpts{Name: "statexec_collection_duration_seconds", Help: "Time."})
-	labeled.MustRegister(status, duration)
-	for _, c := range host.Collectors(context.Background()) {
-		labeled.MustRegister(c)
+	labels := prometheus.Labels{"instance": "bench", "job": "statexec", "role": "standalone"}
+	status := prometheus.NewGauge(prometheus.GaugeOpts{Name: "statexec_command_status", Help: "State.", ConstLabels: labels})
+	duration := prometheus.NewGauge(prometheus.GaugeOpts{Name: "statexec_collection_duration_seconds", Help: "Time.", ConstLabels: labels})
+	reg.MustRegister(status, duration)
+	for _, c := range host.Collectors(context.Background(), labels) {
+		reg.MustRegister(c)
 	}
-	ps, err := probe.Start(probe.Options{Mode: mode, Notice: io.Discard})
+	ps, err := probe.Start(probe.Options{Mode: mode, Notice: io.Discard, ConstLabels: labels})
 	if err != nil {
 		b.Skipf("probes %s: %v", mode, err)
 	}
-	labeled.MustRegister(ps.Collector())
+	reg.MustRegister(ps.Collector())
 	// A small tree in the cgroup: sh and two sleeps.
 	cmd := exec.Command("sh", "-c", "sleep 60 & sleep 60 & wait")
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
