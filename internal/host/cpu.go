@@ -24,7 +24,7 @@ func newCPUCollector(ctx context.Context, l prometheus.Labels) *cpuCollector {
 	d := descs(l)
 	c := &cpuCollector{
 		ctx:     ctx,
-		times:   cpu.TimesWithContext,
+		times:   newStatSource(procRoot()).times,
 		success: newSuccess(d.successDesc("cpu")),
 		seconds: d.desc("statexec_cpu_seconds_total", "Seconds the CPUs spent in each mode.", "cpu", "mode"),
 	}

@@ -39,7 +39,7 @@ func newDiskCollector(ctx context.Context, l prometheus.Labels) *diskCollector {
 	}
 	return &diskCollector{
 		ctx:        ctx,
-		ioCounters: disk.IOCountersWithContext,
+		ioCounters: newDiskstatsSource(procRoot()).ioCounters,
 		success:    newSuccess(ds.successDesc("disk")),
 		wholeDisks: map[string]bool{},
 		sysBlock:   "/sys/block",

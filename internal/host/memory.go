@@ -24,7 +24,7 @@ func newMemoryCollector(ctx context.Context, l prometheus.Labels) *memoryCollect
 	}
 	return &memoryCollector{
 		ctx:           ctx,
-		virtualMemory: mem.VirtualMemoryWithContext,
+		virtualMemory: newMeminfoSource(procRoot()).virtualMemory,
 		success:       newSuccess(d.successDesc("memory")),
 		total:         g("statexec_memory_total_bytes", "Total physical memory in bytes."),
 		available:     g("statexec_memory_available_bytes", "Memory available for new work without swapping, in bytes."),

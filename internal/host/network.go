@@ -26,7 +26,7 @@ func newNetworkCollector(ctx context.Context, l prometheus.Labels) *networkColle
 	}
 	return &networkCollector{
 		ctx:         ctx,
-		ioCounters:  net.IOCountersWithContext,
+		ioCounters:  newNetDevSource(procRoot()).ioCounters,
 		success:     newSuccess(ds.successDesc("network")),
 		sentBytes:   d("statexec_network_sent_bytes_total", "Bytes sent by the interface."),
 		recvBytes:   d("statexec_network_received_bytes_total", "Bytes received by the interface."),
