@@ -19,6 +19,11 @@ type Metric struct {
 	typ    prometheus.ValueType
 	labels []*dto.LabelPair
 	value  float64
+	// The messages Write points the gathered metric at: no allocation
+	// per sample.
+	counter dto.Counter
+	gauge   dto.Gauge
+	untyped dto.Untyped
 }
 
 // New makes the series of desc with these label values. It panics, as
@@ -26,7 +31,11 @@ type Metric struct {
 func New(desc *prometheus.Desc, typ prometheus.ValueType, labelValues ...string) *Metric {
 	// Validates the label values (count, UTF-8) once.
 	prometheus.MustNewConstMetric(desc, typ, 0, labelValues...)
-	return &Metric{desc: desc, typ: typ, labels: prometheus.MakeLabelPairs(desc, labelValues)}
+	m := &Metric{desc: desc, typ: typ, labels: prometheus.MakeLabelPairs(desc, labelValues)}
+	m.counter.Value = &m.value
+	m.gauge.Value = &m.value
+	m.untyped.Value = &m.value
+	return m
 }
 
 // Set sets the value and returns m, to be sent: ch <- m.Set(v).
@@ -38,33 +47,19 @@ func (m *Metric) Set(v float64) *Metric {
 // Desc implements prometheus.Metric.
 func (m *Metric) Desc() *prometheus.Desc { return m.desc }
 
-// Write implements prometheus.Metric. The label pairs are shared between
-// samples: readers of the gathered families must not modify them.
+// Write implements prometheus.Metric. The gathered metric shares the
+// series' label pairs and value: it is valid until the series is Set
+// again (the next gather), and its readers must not modify it. statexec
+// stores every gather before the next one starts.
 func (m *Metric) Write(out *dto.Metric) error {
 	out.Label = m.labels
-	// One allocation per sample: the value and its message together.
 	switch m.typ {
 	case prometheus.CounterValue:
-		b := &struct {
-			c dto.Counter
-			v float64
-		}{v: m.value}
-		b.c.Value = &b.v
-		out.Counter = &b.c
+		out.Counter = &m.counter
 	case prometheus.GaugeValue:
-		b := &struct {
-			g dto.Gauge
-			v float64
-		}{v: m.value}
-		b.g.Value = &b.v
-		out.Gauge = &b.g
+		out.Gauge = &m.gauge
 	default:
-		b := &struct {
-			u dto.Untyped
-			v float64
-		}{v: m.value}
-		b.u.Value = &b.v
-		out.Untyped = &b.u
+		out.Untyped = &m.untyped
 	}
 	return nil
 }
