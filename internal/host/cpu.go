@@ -5,29 +5,41 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shirou/gopsutil/v4/cpu"
+
+	"github.com/statexec/statexec/internal/constmetric"
 )
 
 type cpuCollector struct {
 	ctx     context.Context
 	times   func(ctx context.Context, perCPU bool) ([]cpu.TimesStat, error) // the source; tests replace it
 	seconds *prometheus.Desc
-	success *prometheus.Desc
+	success success
+	series  *constmetric.Vec
 }
 
-func newCPUCollector(ctx context.Context) *cpuCollector {
-	return &cpuCollector{
+// cpuModes are the modes of statexec_cpu_seconds_total, in export order.
+var cpuModes = [...]string{"user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"}
+
+func newCPUCollector(ctx context.Context, l prometheus.Labels) *cpuCollector {
+	d := descs(l)
+	c := &cpuCollector{
 		ctx:     ctx,
-		times:   cpu.TimesWithContext,
-		success: successDesc("cpu"),
-		seconds: desc("statexec_cpu_seconds_total", "Seconds the CPUs spent in each mode.", "cpu", "mode"),
+		times:   newStatSource(procRoot()).times,
+		success: newSuccess(d.successDesc("cpu")),
+		seconds: d.desc("statexec_cpu_seconds_total", "Seconds the CPUs spent in each mode.", "cpu", "mode"),
 	}
+	c.series = constmetric.NewVec(c.seconds, prometheus.CounterValue)
+	return c
 }
 
-func (c *cpuCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.seconds; ch <- c.success }
+func (c *cpuCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.seconds
+	ch <- c.success.m.Desc()
+}
 
 func (c *cpuCollector) Collect(ch chan<- prometheus.Metric) {
 	times, err := c.times(c.ctx, true)
-	reportSuccess(ch, c.success, c.seconds, err)
+	c.success.report(ch, c.seconds, err)
 	if err != nil {
 		return
 	}
@@ -37,14 +49,9 @@ func (c *cpuCollector) Collect(ch chan<- prometheus.Metric) {
 		if len(core) > 3 && core[:3] == "cpu" {
 			core = core[3:]
 		}
-		for _, m := range []struct {
-			mode string
-			v    float64
-		}{
-			{"user", t.User}, {"nice", t.Nice}, {"system", t.System}, {"idle", t.Idle},
-			{"iowait", t.Iowait}, {"irq", t.Irq}, {"softirq", t.Softirq}, {"steal", t.Steal},
-		} {
-			ch <- prometheus.MustNewConstMetric(c.seconds, prometheus.CounterValue, m.v, core, m.mode)
+		vals := [len(cpuModes)]float64{t.User, t.Nice, t.System, t.Idle, t.Iowait, t.Irq, t.Softirq, t.Steal}
+		for i, mode := range cpuModes {
+			ch <- c.series.With2(core, mode).Set(vals[i])
 		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shirou/gopsutil/v4/disk"
+
+	"github.com/statexec/statexec/internal/constmetric"
 )
 
 // ignoredDisks are devices whose traffic is not disk traffic, or is
@@ -20,18 +22,26 @@ var ignoredDisks = regexp.MustCompile(`^(z?ram|loop|fd)\d+$`)
 type diskCollector struct {
 	ctx                   context.Context
 	ioCounters            func(ctx context.Context, names ...string) (map[string]disk.IOCountersStat, error) // the source; tests replace it
-	success               *prometheus.Desc
+	success               success
 	sysBlock              string // /sys/block: whole disks, no partitions
-	readBytes, writeBytes *prometheus.Desc
-	reads, writes         *prometheus.Desc
+	readBytes, writeBytes *constmetric.Vec
+	reads, writes         *constmetric.Vec
+	// wholeDisks are the devices found in sysBlock so far: a disk stays
+	// one, so it is looked up once, and one that appears later is found.
+	wholeDisks map[string]bool
+	names      []string
 }
 
-func newDiskCollector(ctx context.Context) *diskCollector {
-	d := func(name, help string) *prometheus.Desc { return desc(name, help, "disk") }
+func newDiskCollector(ctx context.Context, l prometheus.Labels) *diskCollector {
+	ds := descs(l)
+	d := func(name, help string) *constmetric.Vec {
+		return constmetric.NewVec(ds.desc(name, help, "disk"), prometheus.CounterValue)
+	}
 	return &diskCollector{
 		ctx:        ctx,
-		ioCounters: disk.IOCountersWithContext,
-		success:    successDesc("disk"),
+		ioCounters: newDiskstatsSource(procRoot()).ioCounters,
+		success:    newSuccess(ds.successDesc("disk")),
+		wholeDisks: map[string]bool{},
 		sysBlock:   "/sys/block",
 		readBytes:  d("statexec_disk_read_bytes_total", "Bytes read from the disk."),
 		writeBytes: d("statexec_disk_write_bytes_total", "Bytes written to the disk."),
@@ -41,28 +51,30 @@ func newDiskCollector(ctx context.Context) *diskCollector {
 }
 
 func (c *diskCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.readBytes, c.writeBytes, c.reads, c.writes, c.success} {
-		ch <- d
+	for _, v := range []*constmetric.Vec{c.readBytes, c.writeBytes, c.reads, c.writes} {
+		ch <- v.Desc()
 	}
+	ch <- c.success.m.Desc()
 }
 
 func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 	stats, err := c.ioCounters(c.ctx)
-	reportSuccess(ch, c.success, c.readBytes, err)
+	c.success.report(ch, c.readBytes.Desc(), err)
 	if err != nil {
 		return
 	}
-	names := make([]string, 0, len(stats))
+	names := c.names[:0]
 	for name := range stats {
 		if c.counted(name) {
 			names = append(names, name)
 		}
 	}
 	sort.Strings(names)
+	c.names = names
 	for _, name := range names {
 		s := stats[name]
-		counter := func(d *prometheus.Desc, v uint64) {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), name)
+		counter := func(v *constmetric.Vec, x uint64) {
+			ch <- v.With1(name).Set(float64(x))
 		}
 		counter(c.readBytes, s.ReadBytes)
 		counter(c.writeBytes, s.WriteBytes)
@@ -76,6 +88,9 @@ func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 // both would count them twice), without the ignored kinds. When /sys/block
 // cannot be read every device is counted rather than none.
 func (c *diskCollector) counted(name string) bool {
+	if c.wholeDisks[name] {
+		return true
+	}
 	if ignoredDisks.MatchString(name) {
 		return false
 	}
@@ -84,5 +99,8 @@ func (c *diskCollector) counted(name string) bool {
 	}
 	// sysfs spells a "/" in a device name (cciss/c0d0) as "!".
 	_, err := os.Stat(filepath.Join(c.sysBlock, strings.ReplaceAll(name, "/", "!")))
+	if err == nil && c.wholeDisks != nil {
+		c.wholeDisks[name] = true
+	}
 	return err == nil
 }

@@ -6,6 +6,8 @@ import (
 	"context"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/statexec/statexec/internal/constmetric"
 )
 
 // Collectors returns the host collectors. Each one also reports, at every
@@ -14,17 +16,24 @@ import (
 // left out of that sample (a gap that success=0 explains in the file), and
 // the error goes to Gather as an invalid metric, which the sampler reports
 // on stderr once.
-func Collectors(ctx context.Context) []prometheus.Collector {
+//
+// constLabels (instance, job, role, SE_LABEL_*) are on every metric. They
+// are put in the descriptors rather than added by a wrapping registerer,
+// which would build a new descriptor for every metric at every gather.
+func Collectors(ctx context.Context, constLabels prometheus.Labels) []prometheus.Collector {
 	return []prometheus.Collector{
-		newCPUCollector(ctx),
-		newMemoryCollector(ctx),
-		newNetworkCollector(ctx),
-		newDiskCollector(ctx),
+		newCPUCollector(ctx, constLabels),
+		newMemoryCollector(ctx, constLabels),
+		newNetworkCollector(ctx, constLabels),
+		newDiskCollector(ctx, constLabels),
 	}
 }
 
-func desc(name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc(name, help, labels, nil)
+// descs makes descriptors carrying the run's const labels.
+type descs prometheus.Labels
+
+func (l descs) desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, labels, prometheus.Labels(l))
 }
 
 // successHelp is shared with the probe collector's
@@ -34,17 +43,30 @@ const successHelp = "Whether the collector's last collection succeeded (1) or fa
 // successDesc describes one collector's success gauge. The collector label
 // is a constant label, so that each collector (the probe's included)
 // registers a distinct descriptor of the same family.
-func successDesc(collector string) *prometheus.Desc {
-	return prometheus.NewDesc("statexec_collector_success", successHelp, nil, prometheus.Labels{"collector": collector})
+func (l descs) successDesc(collector string) *prometheus.Desc {
+	cl := prometheus.Labels{"collector": collector}
+	for k, v := range l {
+		cl[k] = v
+	}
+	return prometheus.NewDesc("statexec_collector_success", successHelp, nil, cl)
 }
 
-// reportSuccess sends d's gauge: 1 if err is nil, else 0 and err as an
-// invalid metric of failed (so that Gather returns it).
-func reportSuccess(ch chan<- prometheus.Metric, d, failed *prometheus.Desc, err error) {
+// success is a collector's success gauge.
+type success struct {
+	m *constmetric.Metric
+}
+
+func newSuccess(d *prometheus.Desc) success {
+	return success{constmetric.New(d, prometheus.GaugeValue)}
+}
+
+// report sends the gauge: 1 if err is nil, else 0 and err as an invalid
+// metric of failed (so that Gather returns it).
+func (s success) report(ch chan<- prometheus.Metric, failed *prometheus.Desc, err error) {
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(failed, err)
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, 0)
+		ch <- s.m.Set(0)
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, 1)
+	ch <- s.m.Set(1)
 }

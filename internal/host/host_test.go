@@ -29,7 +29,7 @@ import (
 // series, the series keyed as name{label=value,...}.
 func sample(t *testing.T) map[string]float64 {
 	t.Helper()
-	return gather(t, Collectors(context.Background())...)
+	return gather(t, Collectors(context.Background(), nil)...)
 }
 
 func gather(t *testing.T, cs ...prometheus.Collector) map[string]float64 {
@@ -304,12 +304,12 @@ func TestCountedDisks(t *testing.T) {
 // /proc/diskstats lists: with a /sys/block that lacks the real disks,
 // their series are gone, and one put back comes back alone.
 func TestDiskCollectorFilters(t *testing.T) {
-	real := newDiskCollector(context.Background())
+	real := newDiskCollector(context.Background(), nil)
 	all := collectNames(t, real)
 	if len(all) == 0 {
 		t.Skip("no disk with any I/O in /proc/diskstats")
 	}
-	fake := newDiskCollector(context.Background())
+	fake := newDiskCollector(context.Background(), nil)
 	fake.sysBlock = t.TempDir()
 	if got := collectNames(t, fake); len(got) != 0 {
 		t.Errorf("with an empty /sys/block the collector reported %v", got)
@@ -352,28 +352,28 @@ func TestCollectorSuccess(t *testing.T) {
 		build  func(fail bool) prometheus.Collector
 	}{
 		{"cpu", "statexec_cpu_seconds_total", func(fail bool) prometheus.Collector {
-			c := newCPUCollector(ctx)
+			c := newCPUCollector(ctx, nil)
 			if fail {
 				c.times = func(context.Context, bool) ([]cpu.TimesStat, error) { return nil, broken }
 			}
 			return c
 		}},
 		{"memory", "statexec_memory_total_bytes", func(fail bool) prometheus.Collector {
-			c := newMemoryCollector(ctx)
+			c := newMemoryCollector(ctx, nil)
 			if fail {
 				c.virtualMemory = func(context.Context) (*mem.VirtualMemoryStat, error) { return nil, broken }
 			}
 			return c
 		}},
 		{"network", "statexec_network_sent_bytes_total", func(fail bool) prometheus.Collector {
-			c := newNetworkCollector(ctx)
+			c := newNetworkCollector(ctx, nil)
 			if fail {
 				c.ioCounters = func(context.Context, bool) ([]gnet.IOCountersStat, error) { return nil, broken }
 			}
 			return c
 		}},
 		{"disk", "statexec_disk_read_bytes_total", func(fail bool) prometheus.Collector {
-			c := newDiskCollector(ctx)
+			c := newDiskCollector(ctx, nil)
 			// Every device counts, so that a machine without whole disks
 			// still has series to lose.
 			c.sysBlock = filepath.Join(t.TempDir(), "none")

@@ -5,24 +5,29 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shirou/gopsutil/v4/net"
+
+	"github.com/statexec/statexec/internal/constmetric"
 )
 
 type networkCollector struct {
 	ctx                      context.Context
 	ioCounters               func(ctx context.Context, perNIC bool) ([]net.IOCountersStat, error) // the source; tests replace it
-	success                  *prometheus.Desc
-	sentBytes, recvBytes     *prometheus.Desc
-	sentPackets, recvPackets *prometheus.Desc
-	sentErrors, recvErrors   *prometheus.Desc
-	sentDrops, recvDrops     *prometheus.Desc
+	success                  success
+	sentBytes, recvBytes     *constmetric.Vec
+	sentPackets, recvPackets *constmetric.Vec
+	sentErrors, recvErrors   *constmetric.Vec
+	sentDrops, recvDrops     *constmetric.Vec
 }
 
-func newNetworkCollector(ctx context.Context) *networkCollector {
-	d := func(name, help string) *prometheus.Desc { return desc(name, help, "interface") }
+func newNetworkCollector(ctx context.Context, l prometheus.Labels) *networkCollector {
+	ds := descs(l)
+	d := func(name, help string) *constmetric.Vec {
+		return constmetric.NewVec(ds.desc(name, help, "interface"), prometheus.CounterValue)
+	}
 	return &networkCollector{
 		ctx:         ctx,
-		ioCounters:  net.IOCountersWithContext,
-		success:     successDesc("network"),
+		ioCounters:  newNetDevSource(procRoot()).ioCounters,
+		success:     newSuccess(ds.successDesc("network")),
 		sentBytes:   d("statexec_network_sent_bytes_total", "Bytes sent by the interface."),
 		recvBytes:   d("statexec_network_received_bytes_total", "Bytes received by the interface."),
 		sentPackets: d("statexec_network_sent_packets_total", "Packets sent by the interface."),
@@ -34,21 +39,26 @@ func newNetworkCollector(ctx context.Context) *networkCollector {
 	}
 }
 
+func (c *networkCollector) vecs() []*constmetric.Vec {
+	return []*constmetric.Vec{c.sentBytes, c.recvBytes, c.sentPackets, c.recvPackets, c.sentErrors, c.recvErrors, c.sentDrops, c.recvDrops}
+}
+
 func (c *networkCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.sentBytes, c.recvBytes, c.sentPackets, c.recvPackets, c.sentErrors, c.recvErrors, c.sentDrops, c.recvDrops, c.success} {
-		ch <- d
+	for _, v := range c.vecs() {
+		ch <- v.Desc()
 	}
+	ch <- c.success.m.Desc()
 }
 
 func (c *networkCollector) Collect(ch chan<- prometheus.Metric) {
 	counters, err := c.ioCounters(c.ctx, true)
-	reportSuccess(ch, c.success, c.sentBytes, err)
+	c.success.report(ch, c.sentBytes.Desc(), err)
 	if err != nil {
 		return
 	}
 	for _, n := range counters {
-		counter := func(d *prometheus.Desc, v uint64) {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), n.Name)
+		counter := func(v *constmetric.Vec, x uint64) {
+			ch <- v.With1(n.Name).Set(float64(x))
 		}
 		counter(c.sentBytes, n.BytesSent)
 		counter(c.recvBytes, n.BytesRecv)

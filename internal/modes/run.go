@@ -149,25 +149,29 @@ func (r *run) setup() (int, error) {
 	if r.st, err = store.Create(spool); err != nil {
 		return ExitUsage, err
 	}
+	// The const labels are in every descriptor, not added by a wrapping
+	// registerer: that builds a descriptor per metric at every gather.
 	reg := prometheus.NewRegistry()
-	labeled := prometheus.WrapRegistererWith(r.constLabels(), reg)
+	labels := r.constLabels()
 	r.status = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "statexec_command_status",
-		Help: "State of the command: 0 pending, 1 running, 2 done.",
+		Name:        "statexec_command_status",
+		Help:        "State of the command: 0 pending, 1 running, 2 done.",
+		ConstLabels: labels,
 	})
 	duration := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "statexec_collection_duration_seconds",
-		Help: "Time the previous collection of all metrics took, in seconds.",
+		Name:        "statexec_collection_duration_seconds",
+		Help:        "Time the previous collection of all metrics took, in seconds.",
+		ConstLabels: labels,
 	})
-	labeled.MustRegister(r.status, duration)
-	for _, c := range host.Collectors(context.Background()) {
-		labeled.MustRegister(c)
+	reg.MustRegister(r.status, duration)
+	for _, c := range host.Collectors(context.Background(), labels) {
+		reg.MustRegister(c)
 	}
-	r.probe, err = probe.Start(probe.Options{Mode: probe.Mode(r.cfg.Probes), Notice: r.stderr, RunqueueHistogram: r.cfg.RunqueueHistogram})
+	r.probe, err = probe.Start(probe.Options{Mode: probe.Mode(r.cfg.Probes), Notice: r.stderr, ConstLabels: labels, RunqueueHistogram: r.cfg.RunqueueHistogram})
 	if err != nil {
 		return ExitUsage, fmt.Errorf("probes: %w", err)
 	}
-	labeled.MustRegister(r.probe.Collector())
+	reg.MustRegister(r.probe.Collector())
 	if err := r.listen(); err != nil {
 		return ExitUsage, err
 	}

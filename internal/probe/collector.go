@@ -4,6 +4,8 @@ package probe
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/statexec/statexec/internal/constmetric"
 )
 
 // collector exports a Session's samples: the plain values (both backends)
@@ -16,6 +18,8 @@ type collector struct {
 
 	cpu, rss, rssPeak, diskRead, diskWrite, cs *prometheus.Desc
 	processes, threads                         *prometheus.Desc
+
+	m *plainMetrics // made at the first Collect
 }
 
 func newCollector(s *Session) *collector {
@@ -58,10 +62,6 @@ func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, lv ...s
 	ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, lv...)
 }
 
-func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, lv ...string) {
-	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)
-}
-
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.success, c.groupOn, c.cpu, c.rss, c.rssPeak, c.diskRead, c.diskWrite, c.cs, c.processes, c.threads} {
@@ -84,33 +84,73 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		s.sampleLocked()
 	}
 	p := s.snap.plain
+	m := c.metrics()
 
-	gauge(ch, c.info, 1, s.backend)
+	ch <- m.info.With1(s.backend).Set(1)
 	success := 1.0
 	if s.snap.err != nil {
 		success = 0
 	}
-	gauge(ch, c.success, success)
+	ch <- m.success.Set(success)
 	for _, sp := range groupSpecs() {
 		on := 0.0
 		if s.group(sp.name) != nil {
 			on = 1
 		}
-		gauge(ch, c.groupOn, on, sp.name)
+		ch <- m.groupOn.With1(sp.name).Set(on)
 	}
-	counter(ch, c.cpu, p.userSec, "user")
-	counter(ch, c.cpu, p.sysSec, "system")
-	gauge(ch, c.rss, float64(p.rss))
-	gauge(ch, c.rssPeak, float64(s.rssPeakLocked()))
-	counter(ch, c.diskRead, float64(p.readBytes))
-	counter(ch, c.diskWrite, float64(p.writeBytes))
-	counter(ch, c.cs, float64(p.vcs), "voluntary")
-	counter(ch, c.cs, float64(p.ivcs), "involuntary")
+	ch <- m.cpuUser.Set(p.userSec)
+	ch <- m.cpuSystem.Set(p.sysSec)
+	ch <- m.rss.Set(float64(p.rss))
+	ch <- m.rssPeak.Set(float64(s.rssPeakLocked()))
+	ch <- m.diskRead.Set(float64(p.readBytes))
+	ch <- m.diskWrite.Set(float64(p.writeBytes))
+	ch <- m.vcs.Set(float64(p.vcs))
+	ch <- m.ivcs.Set(float64(p.ivcs))
 	// One source in both backends: cgroup.procs/cgroup.threads (exact)
 	// or the /proc walk.
-	gauge(ch, c.processes, float64(p.procs))
-	gauge(ch, c.threads, float64(p.threads))
+	ch <- m.processes.Set(float64(p.procs))
+	ch <- m.threads.Set(float64(p.threads))
 	for _, g := range s.groups {
 		g.g.collect(ch)
 	}
+}
+
+// plainMetrics are the collector's own series, made once (see
+// internal/constmetric): building label pairs anew at every sample was
+// most of its allocations.
+type plainMetrics struct {
+	info, groupOn               *constmetric.Vec
+	success, cpuUser, cpuSystem *constmetric.Metric
+	rss, rssPeak, diskRead      *constmetric.Metric
+	diskWrite, vcs, ivcs        *constmetric.Metric
+	processes, threads          *constmetric.Metric
+}
+
+// metrics returns the series, making them at the first call (with the
+// session's lock held).
+func (c *collector) metrics() *plainMetrics {
+	if c.m != nil {
+		return c.m
+	}
+	ctr := func(d *prometheus.Desc, lv ...string) *constmetric.Metric {
+		return constmetric.New(d, prometheus.CounterValue, lv...)
+	}
+	g := func(d *prometheus.Desc) *constmetric.Metric { return constmetric.New(d, prometheus.GaugeValue) }
+	c.m = &plainMetrics{
+		info:      constmetric.NewVec(c.info, prometheus.GaugeValue),
+		groupOn:   constmetric.NewVec(c.groupOn, prometheus.GaugeValue),
+		success:   g(c.success),
+		cpuUser:   ctr(c.cpu, "user"),
+		cpuSystem: ctr(c.cpu, "system"),
+		rss:       g(c.rss),
+		rssPeak:   g(c.rssPeak),
+		diskRead:  ctr(c.diskRead),
+		diskWrite: ctr(c.diskWrite),
+		vcs:       ctr(c.cs, "voluntary"),
+		ivcs:      ctr(c.cs, "involuntary"),
+		processes: g(c.processes),
+		threads:   g(c.threads),
+	}
+	return c.m
 }

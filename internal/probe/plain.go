@@ -78,6 +78,7 @@ type plainSampler struct {
 	cg       *cgroup // nil when there is no cgroup: walk ppid links instead
 	pageSize uint64
 	rd       fileReader
+	fields   [][]byte // /proc/PID/stat's fields, reused
 
 	procs  map[procID]*procState
 	banked procValues
@@ -98,12 +99,16 @@ type plainSampler struct {
 }
 
 func newPlainSampler(cg *cgroup) *plainSampler {
-	return &plainSampler{
+	p := &plainSampler{
 		cg:          cg,
 		pageSize:    uint64(os.Getpagesize()),
 		procs:       make(map[procID]*procState),
 		bankedAlone: make(map[procID]procValues),
 	}
+	if cg != nil {
+		p.rd.cgDir = cg.path
+	}
+	return p
 }
 
 // exiting banks the final counters of pid, an exited child of statexec
@@ -210,7 +215,7 @@ func (p *plainSampler) sample() (plainTotals, error) {
 	var pids []int
 	var errs []error
 	if p.cg != nil {
-		data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.procs"))
+		data, err := p.rd.readKept(procFile{name: "cgroup.procs"})
 		if err == nil {
 			pids = parsePids(data)
 		}
@@ -226,7 +231,7 @@ func (p *plainSampler) sample() (plainTotals, error) {
 	var rss, hwm, threads, procs uint64
 	threadBudget := maxThreadsPerScan
 	for _, pid := range pids {
-		st, ok := p.readStat(pid)
+		st, ok := p.readStatKept(pid)
 		if !ok {
 			continue
 		}
@@ -236,12 +241,12 @@ func (p *plainSampler) sample() (plainTotals, error) {
 		v := procValues{
 			cpuTicks: [2]uint64{st.utime + st.cutime, st.stime + st.cstime},
 		}
-		v.readBytes, v.writeBytes = p.readIO(pid)
+		v.readBytes, v.writeBytes = parseIO(p.rd.readKept(procFile{pid: pid, name: "io"}))
 		var h uint64
 		if st.threads > 1 && threadBudget > 0 {
 			v.vcs, v.ivcs, h = p.readThreadsStatus(pid, &threadBudget)
 		} else {
-			v.vcs, v.ivcs, h = p.readStatus(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+			v.vcs, v.ivcs, h = parseStatus(p.rd.readKept(procFile{pid: pid, name: "status"}))
 		}
 		hwm = max(hwm, h)
 		id := procID{pid, st.start}
@@ -254,6 +259,7 @@ func (p *plainSampler) sample() (plainTotals, error) {
 		live.add(v, true)
 	}
 	p.bankVanished()
+	p.rd.sweep()
 
 	total := p.banked
 	total.add(live, true)
@@ -263,13 +269,13 @@ func (p *plainSampler) sample() (plainTotals, error) {
 	// /proc times are only the fallback, not mixed in.
 	cpuStat := false
 	if p.cg != nil {
-		if u, s, ok := p.readCPUStat(filepath.Join(p.cg.path, "cpu.stat")); ok {
+		if u, s, ok := parseCPUStat(p.rd.readKept(procFile{name: "cpu.stat"})); ok {
 			o.userSec, o.sysSec = max(o.userSec, u), max(o.sysSec, s)
 			cpuStat = true
 		} else {
 			errs = append(errs, errors.New("read cgroup cpu.stat"))
 		}
-		data, err := p.rd.read(filepath.Join(p.cg.path, "cgroup.threads"))
+		data, err := p.rd.readKept(procFile{name: "cgroup.threads"})
 		if err == nil {
 			threads = uint64(bytes.Count(data, []byte{'\n'}))
 		}
@@ -284,7 +290,7 @@ func (p *plainSampler) sample() (plainTotals, error) {
 		// With the io controller on (cgroup v2 hosts that delegate
 		// it), the block layer's own per-cgroup count covers every
 		// process that ever ran in the cgroup, reaped or not.
-		if data, err := p.rd.read(filepath.Join(p.cg.path, "io.stat")); err == nil {
+		if data, err := p.rd.readKept(procFile{name: "io.stat"}); err == nil {
 			readBytes, writeBytes = parseIOStat(data)
 		}
 	}
@@ -390,7 +396,10 @@ type procStat struct {
 // statFields returns the fields after "(comm)" of /proc/PID/stat; field n
 // of proc(5) is index n-3.
 func (p *plainSampler) statFields(pid int) [][]byte {
-	data, err := p.rd.read(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	return p.parseStatFields(p.rd.read(filepath.Join("/proc", strconv.Itoa(pid), "stat")))
+}
+
+func (p *plainSampler) parseStatFields(data []byte, err error) [][]byte {
 	if err != nil {
 		return nil
 	}
@@ -398,7 +407,28 @@ func (p *plainSampler) statFields(pid int) [][]byte {
 	if i < 0 || i+2 > len(data) {
 		return nil
 	}
-	return bytes.Fields(data[i+2:])
+	p.fields = fieldsInto(p.fields[:0], data[i+2:])
+	return p.fields
+}
+
+// fieldsInto is bytes.Fields appending to dst (reused between calls).
+func fieldsInto(dst [][]byte, data []byte) [][]byte {
+	for {
+		i := 0
+		for i < len(data) && (data[i] == ' ' || data[i] == '\n' || data[i] == '\t') {
+			i++
+		}
+		data = data[i:]
+		if len(data) == 0 {
+			return dst
+		}
+		j := 0
+		for j < len(data) && data[j] != ' ' && data[j] != '\n' && data[j] != '\t' {
+			j++
+		}
+		dst = append(dst, data[:j])
+		data = data[j:]
+	}
 }
 
 func (p *plainSampler) readPpid(pid int) (int, bool) {
@@ -411,14 +441,19 @@ func (p *plainSampler) readPpid(pid int) (int, bool) {
 }
 
 func (p *plainSampler) readStat(pid int) (procStat, bool) {
-	f := p.statFields(pid)
+	return statOf(p.statFields(pid))
+}
+
+// readStatKept is readStat through a file kept open between samples.
+func (p *plainSampler) readStatKept(pid int) (procStat, bool) {
+	return statOf(p.parseStatFields(p.rd.readKept(procFile{pid: pid, name: "stat"})))
+}
+
+func statOf(f [][]byte) (procStat, bool) {
 	if len(f) < 22 {
 		return procStat{}, false
 	}
-	u := func(n int) uint64 {
-		v, _ := strconv.ParseUint(string(f[n-3]), 10, 64)
-		return v
-	}
+	u := func(n int) uint64 { return parseUint(f[n-3]) }
 	ppid, _ := strconv.Atoi(string(f[1]))
 	return procStat{
 		ppid:     ppid,
@@ -435,7 +470,10 @@ func (p *plainSampler) readStat(pid int) (procStat, bool) {
 // readStatus returns voluntary/nonvoluntary context switches and VmHWM in
 // bytes from a status file (of a process or of one thread).
 func (p *plainSampler) readStatus(path string) (vcs, ivcs, hwm uint64) {
-	data, err := p.rd.read(path)
+	return parseStatus(p.rd.read(path))
+}
+
+func parseStatus(data []byte, err error) (vcs, ivcs, hwm uint64) {
 	if err != nil {
 		return 0, 0, 0
 	}
@@ -468,8 +506,12 @@ func (p *plainSampler) readThreadsStatus(pid int, budget *int) (vcs, ivcs, hwm u
 	tids, _ := d.Readdirnames(*budget)
 	_ = d.Close()
 	*budget -= len(tids)
-	for _, tid := range tids {
-		v, iv, h := p.readStatus(filepath.Join(dir, tid, "status"))
+	for _, name := range tids {
+		tid, err := strconv.Atoi(name)
+		if err != nil {
+			continue
+		}
+		v, iv, h := parseStatus(p.rd.readKept(procFile{pid: pid, tid: tid, name: "status"}))
 		vcs += v
 		ivcs += iv
 		hwm = max(hwm, h)
@@ -480,7 +522,10 @@ func (p *plainSampler) readThreadsStatus(pid int, budget *int) (vcs, ivcs, hwm u
 // readIO returns read_bytes/write_bytes (bytes that reached the storage
 // layer) from /proc/PID/io.
 func (p *plainSampler) readIO(pid int) (read, write uint64) {
-	data, err := p.rd.read(filepath.Join("/proc", strconv.Itoa(pid), "io"))
+	return parseIO(p.rd.read(filepath.Join("/proc", strconv.Itoa(pid), "io")))
+}
+
+func parseIO(data []byte, err error) (read, write uint64) {
 	if err != nil {
 		return 0, 0
 	}
@@ -516,9 +561,8 @@ func parseIOStat(data []byte) (read, write uint64) {
 	return read, write
 }
 
-// readCPUStat returns user and system seconds from a cgroup's cpu.stat.
-func (p *plainSampler) readCPUStat(path string) (user, sys float64, ok bool) {
-	data, err := p.rd.read(path)
+// parseCPUStat returns user and system seconds from a cgroup's cpu.stat.
+func parseCPUStat(data []byte, err error) (user, sys float64, ok bool) {
 	if err != nil {
 		return 0, 0, false
 	}
@@ -543,15 +587,38 @@ func parseUint(b []byte) uint64 {
 
 // fileReader reads small /proc and cgroup files into one reused buffer,
 // with plain open/read/close: os.ReadFile's fstat, poller registration and
-// allocation were most of a sample's cost. What read returns is valid
-// until the next read.
+// allocation were most of a sample's cost. The files of the tree's
+// processes and of the cgroup are kept open between samples and re-read
+// from offset 0 (pread): one system call per file per sample. What a read
+// returns is valid until the next read.
 type fileReader struct {
-	buf []byte
+	buf   []byte
+	cgDir string // the cgroup's directory, for procFile{pid: 0}
+	kept  map[procFile]*keptFD
+	// missing are cgroup files that do not exist (io.stat without the
+	// io controller): not looked for again.
+	missing map[procFile]bool
+	gen     uint64
+}
+
+// procFile names a file kept open: /proc/PID/NAME, or
+// /proc/PID/task/TID/NAME, or the cgroup's NAME when pid is 0.
+type procFile struct {
+	pid, tid int
+	name     string
+}
+
+type keptFD struct {
+	fd  int
+	gen uint64 // the last sweep period it was read in
 }
 
 const (
 	readerInitial  = 16 << 10
 	readerMaxReads = 64
+	// maxKeptFiles bounds the descriptors kept open: past it, files are
+	// opened at each read as before.
+	maxKeptFiles = 512
 )
 
 func (r *fileReader) read(path string) ([]byte, error) {
@@ -560,6 +627,11 @@ func (r *fileReader) read(path string) ([]byte, error) {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
 	defer unix.Close(fd)
+	return r.readFD(fd, path)
+}
+
+// readFD reads fd whole from offset 0.
+func (r *fileReader) readFD(fd int, path string) ([]byte, error) {
 	if r.buf == nil {
 		r.buf = make([]byte, readerInitial)
 	}
@@ -568,17 +640,86 @@ func (r *fileReader) read(path string) ([]byte, error) {
 		if n == len(r.buf) {
 			r.buf = append(r.buf, make([]byte, len(r.buf))...)
 		}
-		k, err := unix.Read(fd, r.buf[n:])
+		k, err := unix.Pread(fd, r.buf[n:], int64(n))
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			return nil, &os.PathError{Op: "read", Path: path, Err: err}
 		}
-		if k == 0 {
+		n += k
+		// proc and cgroup files fill the buffer unless they end: a
+		// short read is the end, and saves a read that returns 0.
+		if k == 0 || n < len(r.buf) {
 			break
 		}
-		n += k
 	}
 	return r.buf[:n], nil
+}
+
+func (r *fileReader) path(f procFile) string {
+	switch {
+	case f.pid == 0:
+		return r.cgDir + "/" + f.name
+	case f.tid == 0:
+		return "/proc/" + strconv.Itoa(f.pid) + "/" + f.name
+	}
+	return "/proc/" + strconv.Itoa(f.pid) + "/task/" + strconv.Itoa(f.tid) + "/" + f.name
+}
+
+// readKept reads f through a descriptor kept open. A descriptor of a
+// process that is gone fails (ESRCH, even when its pid is reused: it
+// names the old process), and the file is then opened anew.
+func (r *fileReader) readKept(f procFile) ([]byte, error) {
+	if k := r.kept[f]; k != nil {
+		k.gen = r.gen
+		if data, err := r.readFD(k.fd, f.name); err == nil {
+			return data, nil
+		}
+		unix.Close(k.fd)
+		delete(r.kept, f)
+	}
+	if r.missing[f] {
+		return nil, &os.PathError{Op: "open", Path: r.path(f), Err: unix.ENOENT}
+	}
+	path := r.path(f)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if f.pid == 0 && err == unix.ENOENT {
+			if r.missing == nil {
+				r.missing = map[procFile]bool{}
+			}
+			r.missing[f] = true
+		}
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	if len(r.kept) >= maxKeptFiles {
+		defer unix.Close(fd)
+		return r.readFD(fd, path)
+	}
+	if r.kept == nil {
+		r.kept = map[procFile]*keptFD{}
+	}
+	r.kept[f] = &keptFD{fd: fd, gen: r.gen}
+	return r.readFD(fd, path)
+}
+
+// sweep closes the kept files not read since the previous sweep (of
+// processes and threads that are gone).
+func (r *fileReader) sweep() {
+	for f, k := range r.kept {
+		if k.gen != r.gen {
+			unix.Close(k.fd)
+			delete(r.kept, f)
+		}
+	}
+	r.gen++
+}
+
+// closeAll closes every kept file.
+func (r *fileReader) closeAll() {
+	for f, k := range r.kept {
+		unix.Close(k.fd)
+		delete(r.kept, f)
+	}
 }

@@ -408,6 +408,9 @@ func (s *Session) Close() error {
 		s.sampleLocked()
 	}
 	s.closed = true
+	if s.plain != nil {
+		s.plain.rd.closeAll()
+	}
 	var errs []error
 	var closeErrs []error
 	for _, g := range s.groups {

@@ -109,8 +109,8 @@ func New(g prometheus.Gatherer, st *store.Store, clock Clock, duration prometheu
 }
 
 // Sample takes one sample now. Its timestamp is after the previous one's
-// (samples closer than 1 ms wait for the next millisecond), so each
-// series' timestamps strictly increase.
+// (a sample within 1 ms of the previous one is stamped a millisecond
+// after it), so each series' timestamps strictly increase.
 func (s *Sampler) Sample() { s.SampleAt(time.Time{}) }
 
 // SampleAt is Sample with the timestamp of instant at (zero: now), for an
@@ -120,18 +120,18 @@ func (s *Sampler) Sample() { s.SampleAt(time.Time{}) }
 func (s *Sampler) SampleAt(at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ts := s.clock.NowMs()
-	if !at.IsZero() {
-		ts = max(s.clock.MsAt(at), s.lastTs+1)
-	}
-	for i := 0; ts <= s.lastTs && i < 5; i++ {
-		time.Sleep(time.Millisecond)
-		ts = s.clock.NowMs()
-	}
-	if ts <= s.lastTs {
-		return
-	}
 	began := time.Now()
+	ts := s.clock.MsAt(began)
+	if !at.IsZero() {
+		ts = s.clock.MsAt(at)
+	}
+	// Two samples in one millisecond (the command's start right after
+	// the first sample, an end right after a tick): the later one takes
+	// the next millisecond rather than waiting for it, so that each
+	// series' timestamps strictly increase and the run is not delayed.
+	if ts <= s.lastTs {
+		ts = ExactMs(s.lastTs + 1)
+	}
 	mfs, err := s.gatherer.Gather()
 	if err != nil {
 		// Gather returns what it could; say once what it could not.

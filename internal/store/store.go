@@ -19,6 +19,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 
 	dto "github.com/prometheus/client_model/go"
@@ -53,6 +54,10 @@ type family struct {
 	typ  dto.MetricType
 	// series in first-seen order
 	series []int
+	// lastOrder[j] is the series of the family's j-th metric in the
+	// previous tick: a registry gathers a family's metrics in the same
+	// order every time, so the series is found without building its key.
+	lastOrder []int
 }
 
 type series struct {
@@ -82,6 +87,8 @@ type Store struct {
 	shifted    bool
 	err        error // first write error, sticky
 	buf        []byte
+	vals       []float64 // one point's values, reused
+	tick       []byte    // one tick's record, reused
 }
 
 // ErrShifted is returned by a second Shift.
@@ -177,9 +184,8 @@ var ErrRejected = errors.New("its samples are not recorded")
 // with an error wrapping ErrRejected, after the rest of the tick is stored;
 // any other error is the spool's, and then this and later ticks are lost.
 func (s *Store) Append(tsMs int64, mfs []*dto.MetricFamily) error {
-	tick := binary.AppendVarint([]byte{recTick}, tsMs)
 	count := 0
-	var body []byte
+	body := s.tick[:0]
 	var rejected []error
 	for _, mf := range mfs {
 		fi, err := s.familyFor(mf)
@@ -190,10 +196,24 @@ func (s *Store) Append(tsMs int64, mfs []*dto.MetricFamily) error {
 			rejected = append(rejected, err)
 			continue
 		}
-		for _, m := range mf.Metric {
-			si := s.seriesFor(fi, mf, m)
+		fam := s.families[fi]
+		for j, m := range mf.Metric {
+			si := -1
+			if j < len(fam.lastOrder) {
+				if c := fam.lastOrder[j]; sameLabels(m.Label, s.series[c].labels) {
+					si = c
+				}
+			}
+			if si < 0 {
+				si = s.seriesFor(fi, mf, m)
+				if j < len(fam.lastOrder) {
+					fam.lastOrder[j] = si
+				} else if j == len(fam.lastOrder) {
+					fam.lastOrder = append(fam.lastOrder, si)
+				}
+			}
 			se := s.series[si]
-			vals, ok := values(mf.GetType(), m, se)
+			vals, ok := s.values(mf.GetType(), m, se)
 			if !ok {
 				continue
 			}
@@ -209,10 +229,15 @@ func (s *Store) Append(tsMs int64, mfs []*dto.MetricFamily) error {
 			count++
 		}
 	}
-	tick = binary.AppendUvarint(tick, uint64(count))
-	tick = append(tick, body...)
+	// The header goes after the body in the buffer, then the two swap
+	// places on the way out (writeRecord takes the parts in order).
+	head := len(body)
+	body = append(body, recTick)
+	body = binary.AppendVarint(body, tsMs)
+	body = binary.AppendUvarint(body, uint64(count))
+	s.tick = body
 	s.ticks++
-	s.writeRecord(tick)
+	s.writeRecord(body[head:], body[:head])
 	if err := s.flush(); err != nil {
 		return err
 	}
@@ -278,9 +303,25 @@ func (s *Store) familyFor(mf *dto.MetricFamily) (int, error) {
 	return fi, nil
 }
 
+// sameLabels tells whether labels, without those with an empty value,
+// are want.
+func sameLabels(labels, want []*dto.LabelPair) bool {
+	i := 0
+	for _, l := range labels {
+		if l.GetValue() == "" {
+			continue
+		}
+		if i >= len(want) || want[i].GetName() != l.GetName() || want[i].GetValue() != l.GetValue() {
+			return false
+		}
+		i++
+	}
+	return i == len(want)
+}
+
 func seriesKey(fi int, labels []*dto.LabelPair) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d", fi)
+	b.WriteString(strconv.Itoa(fi))
 	for _, l := range labels {
 		b.WriteByte(0)
 		b.WriteString(l.GetName())
@@ -350,22 +391,28 @@ func (s *Store) addSeries(key string, se *series) int {
 	return si
 }
 
-// values flattens one metric's point; ok is false if its shape does not
-// match the series (a histogram whose buckets changed).
-func values(t dto.MetricType, m *dto.Metric, se *series) ([]float64, bool) {
+// values flattens one metric's point into a buffer valid until the next
+// call; ok is false if its shape does not match the series (a histogram
+// whose buckets changed).
+func (s *Store) values(t dto.MetricType, m *dto.Metric, se *series) ([]float64, bool) {
+	v := s.vals[:0]
+	defer func() { s.vals = v[:0] }()
 	switch t {
 	case dto.MetricType_COUNTER:
-		return []float64{m.GetCounter().GetValue()}, true
+		v = append(v, m.GetCounter().GetValue())
+		return v, true
 	case dto.MetricType_GAUGE:
-		return []float64{m.GetGauge().GetValue()}, true
+		v = append(v, m.GetGauge().GetValue())
+		return v, true
 	case dto.MetricType_UNTYPED:
-		return []float64{m.GetUntyped().GetValue()}, true
+		v = append(v, m.GetUntyped().GetValue())
+		return v, true
 	case dto.MetricType_HISTOGRAM:
 		h := m.GetHistogram()
 		if len(h.GetBucket()) != len(se.bounds) {
 			return nil, false
 		}
-		v := []float64{float64(h.GetSampleCount()), h.GetSampleSum()}
+		v = append(v, float64(h.GetSampleCount()), h.GetSampleSum())
 		for i, b := range h.GetBucket() {
 			if b.GetUpperBound() != se.bounds[i] {
 				return nil, false
@@ -377,19 +424,28 @@ func values(t dto.MetricType, m *dto.Metric, se *series) ([]float64, bool) {
 	return nil, false
 }
 
-// writeRecord frames rec as length, CRC-32, payload.
-func (s *Store) writeRecord(rec []byte) {
+// writeRecord frames the concatenation of parts as length, CRC-32,
+// payload.
+func (s *Store) writeRecord(parts ...[]byte) {
 	if s.w == nil || s.err != nil {
 		return
 	}
-	s.buf = binary.AppendUvarint(s.buf[:0], uint64(len(rec)))
-	s.buf = binary.LittleEndian.AppendUint32(s.buf, crc32.ChecksumIEEE(rec))
+	n, crc := 0, uint32(0)
+	for _, p := range parts {
+		n += len(p)
+		crc = crc32.Update(crc, crc32.IEEETable, p)
+	}
+	s.buf = binary.AppendUvarint(s.buf[:0], uint64(n))
+	s.buf = binary.LittleEndian.AppendUint32(s.buf, crc)
 	if _, err := s.w.Write(s.buf); err != nil {
 		s.err = fmt.Errorf("store: write spool: %w", err)
 		return
 	}
-	if _, err := s.w.Write(rec); err != nil {
-		s.err = fmt.Errorf("store: write spool: %w", err)
+	for _, p := range parts {
+		if _, err := s.w.Write(p); err != nil {
+			s.err = fmt.Errorf("store: write spool: %w", err)
+			return
+		}
 	}
 }
 
