@@ -49,6 +49,8 @@ func groupSpecs() []groupSpec {
 	return []groupSpec{
 		{name: "sched", required: true, load: loadSchedGroup},
 		{name: "net", required: true, load: loadNetGroup},
+		// Group tcp: optional, a kernel without sock_ops loses only it.
+		{name: "tcp", required: false, load: loadTCPGroup},
 	}
 }
 

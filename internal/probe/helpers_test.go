@@ -124,6 +124,10 @@ func runHelper(mode string) error {
 	case "fallback":
 		return fallbackHelper()
 	default:
+		// Group tcp's helpers (tcp_test.go).
+		if h, ok := tcpHelpers[mode]; ok {
+			return h()
+		}
 		return fmt.Errorf("unknown helper %q", mode)
 	}
 }
