@@ -70,6 +70,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, g := range c.s.groups {
 		g.g.describe(ch)
 	}
+	if c.s.tcpDiag != nil {
+		c.s.tcpDiag.describe(ch)
+	}
 }
 
 // Collect implements prometheus.Collector. It samples once per call: a few
@@ -112,5 +115,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(ch, c.threads, float64(p.threads))
 	for _, g := range s.groups {
 		g.g.collect(ch)
+	}
+	if s.tcpDiag != nil {
+		s.tcpDiag.collect(ch)
 	}
 }

@@ -109,6 +109,10 @@ type Session struct {
 	// groups are the eBPF probe groups that loaded (none: plain backend).
 	groups []loadedGroup
 	coll   *collector
+	// tcpDiag is the TCP view from sock_diag when the tcp group is off
+	// (plain backend, or no sock_ops); nil with the group on or without
+	// a cgroup.
+	tcpDiag *tcpDiag
 
 	mu       sync.Mutex
 	plain    *plainSampler
@@ -179,6 +183,10 @@ func Start(opts Options) (*Session, error) {
 		}
 	}
 	s.plain = newPlainSampler(s.cg)
+	// Group tcp's plain-mode view.
+	if s.cg != nil && s.group("tcp") == nil {
+		s.tcpDiag = newTCPDiag(s.cg, s.coll.desc)
+	}
 	return s, nil
 }
 
@@ -321,6 +329,9 @@ func (s *Session) sampleLocked() {
 	// to zero.
 	for _, g := range s.groups {
 		errs = append(errs, g.g.sample())
+	}
+	if s.tcpDiag != nil && s.plain.root != 0 {
+		errs = append(errs, s.tcpDiag.sample())
 	}
 	s.snap.err = errors.Join(errs...)
 }

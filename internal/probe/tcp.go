@@ -100,7 +100,7 @@ func loadTCPGroup(env *loadEnv) (_ group, err error) {
 	g.rto = d("statexec_process_tcp_retransmit_timeouts_total", "Retransmission timeouts (RTO) of the command's tree's TCP sockets.")
 	g.rtt = d("statexec_process_tcp_rtt_seconds", "Smoothed RTT of the command's tree's TCP sockets, one sample per ACK that updated it.")
 	g.resets = d("statexec_process_tcp_resets_total", "TCP resets sent and received by the command's tree's sockets.", "direction")
-	g.conns = d("statexec_process_tcp_connections", "Live TCP sockets of the command's tree by state at the sample (TIME_WAIT sockets are kernel mini sockets not counted here).", "state")
+	g.conns = d("statexec_process_tcp_connections", tcpConnectionsHelp, "state")
 	return g, nil
 }
 

@@ -607,3 +607,106 @@ func TestTCPRTTAndConnectTime(t *testing.T) {
 		t.Errorf("connect duration sum %.6f s, the command's own %.6f s", got, ownSum)
 	}
 }
+
+// TestTCPConnectionsGauge: an open connection of the command is in the
+// established gauge while it is open, in both backends (plain: sock_diag
+// in the command's namespace), and leaves it when it closes.
+func TestTCPConnectionsGauge(t *testing.T) {
+	for _, mode := range []Mode{ModeEBPF, ModePlain} {
+		t.Run(string(mode), func(t *testing.T) {
+			n := newTCPNet(t)
+			var ln net.Listener
+			if err := inNetns(n.server, func() (err error) {
+				ln, err = net.Listen("tcp", net.JoinHostPort(tcpServerIP, "7001"))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			accepted := make(chan net.Conn, 2)
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					accepted <- c
+				}
+			}()
+			// Noise: a connection of this process (outside the run) in
+			// the command's namespace, open throughout.
+			var noise net.Conn
+			if err := inNetns(n.client, func() (err error) {
+				noise, err = net.Dial("tcp", net.JoinHostPort(tcpServerIP, "7001"))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer noise.Close()
+			noisePeer := <-accepted
+			defer noisePeer.Close()
+			s, err := Start(Options{Mode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			if mode == ModeEBPF && s.group("tcp") == nil {
+				t.Fatal("tcp group did not load")
+			}
+			if mode == ModePlain && s.tcpDiag == nil {
+				t.Fatal("no sock_diag view in plain mode")
+			}
+			file := t.TempDir() + "/connected"
+			cmd := startNS(t, s, n.client, helperEnv+"=tcp-hold", "HELPER_ADDR="+net.JoinHostPort(tcpServerIP, "7001"), "HELPER_FILE="+file)
+			for i := 0; ; i++ {
+				if _, err := os.Stat(file); err == nil {
+					break
+				}
+				if i == 1000 {
+					t.Fatal("helper did not connect in 10 s")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			m := metrics(t, s)
+			for _, name := range tcpStates {
+				want := 0.0
+				if name == "established" {
+					want = 1
+				}
+				if name == "" {
+					continue
+				}
+				if got := m["statexec_process_tcp_connections{state="+name+"}"]; got != want {
+					t.Errorf("connections{state=%s} = %v with one connection open, want %v", name, got, want)
+				}
+			}
+			if mode == ModePlain {
+				if m["statexec_process_tcp_live_rtt_seconds{stat=max}"] <= 0 {
+					t.Errorf("no RTT of the live socket: %v", m)
+				}
+			}
+			c := <-accepted
+			c.Close()
+			waitNS(t, s, cmd)
+			// The client's close ends in LAST_ACK until the server's ACK
+			// arrives: wait (bounded) for every state to be empty.
+			var live float64
+			for i := 0; i < 200; i++ {
+				m = metrics(t, s)
+				live = 0
+				for _, name := range tcpStates {
+					if name != "" {
+						live += m["statexec_process_tcp_connections{state="+name+"}"]
+					}
+				}
+				if live == 0 {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if live != 0 {
+				t.Errorf("%v sockets still counted after the command closed its connection and exited: %v", live, m)
+			}
+		})
+	}
+}
