@@ -39,6 +39,8 @@
 //	statexec_process_sched_runqueue_wait_seconds_total           sched_info run_delay deltas
 //	statexec_process_sched_runqueue_latency_seconds              histogram, le 1.024us..1.07s
 //	statexec_process_forks_total                                 sched_process_fork
+//	statexec_process_tcp_*                                       group tcp (tcp.go): sock_ops + reset tracepoints;
+//	                                                             without it, live-socket gauges from sock_diag (tcpdiag.go)
 //
 // The counters start at the command's start and keep what exited
 // processes did.
