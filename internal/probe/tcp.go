@@ -177,6 +177,10 @@ func (g *tcpGroup) summarize(s *Summary) {
 			top = i
 		}
 	}
+	if b.OpenedActive+b.OpenedPassive+failed+b.RetransSegs+b.ResetsSent+b.ResetsReceived == 0 {
+		s.Lines = append(s.Lines, "tcp: no connections")
+		return
+	}
 	var line strings.Builder
 	fmt.Fprintf(&line, "tcp: %d connections opened (%d active, %d passive), %d failed",
 		b.OpenedActive+b.OpenedPassive, b.OpenedActive, b.OpenedPassive, failed)
