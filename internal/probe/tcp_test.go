@@ -42,6 +42,27 @@ var tcpHelpers = map[string]func() error{
 	"tcp-timeout": tcpTimeoutHelper,
 	"tcp-rtt":     tcpRTTHelper,
 	"tcp-hold":    tcpHoldHelper,
+	"tcp-serve":   tcpServeHelper,
+}
+
+// tcpServeHelper listens on HELPER_ADDR, writes "listening" to
+// HELPER_FILE, accepts one connection and reads it to its end.
+func tcpServeHelper() error {
+	ln, err := net.Listen("tcp", os.Getenv("HELPER_ADDR"))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	if err := os.WriteFile(os.Getenv("HELPER_FILE"), []byte("listening"), 0o644); err != nil {
+		return err
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = io.Copy(io.Discard, c)
+	return err
 }
 
 // tcpRefusedHelper connects HELPER_N times to HELPER_ADDR, where nothing
@@ -665,15 +686,7 @@ func TestTCPConnectionsGauge(t *testing.T) {
 			}
 			file := t.TempDir() + "/connected"
 			cmd := startNS(t, s, n.client, helperEnv+"=tcp-hold", "HELPER_ADDR="+net.JoinHostPort(tcpServerIP, "7001"), "HELPER_FILE="+file)
-			for i := 0; ; i++ {
-				if _, err := os.Stat(file); err == nil {
-					break
-				}
-				if i == 1000 {
-					t.Fatal("helper did not connect in 10 s")
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			waitFile(t, file)
 			m := metrics(t, s)
 			for _, name := range tcpStates {
 				want := 0.0
@@ -756,5 +769,83 @@ func TestTCPRefusedIPv6(t *testing.T) {
 	lines := s.Summary().Lines
 	if len(lines) == 0 || !strings.Contains(lines[len(lines)-1], "last to "+addr+")") {
 		t.Errorf("summary %q does not name the peer %s", lines, addr)
+	}
+}
+
+// waitFile waits (bounded) until the helper created path.
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if i == 1000 {
+			t.Fatalf("%s not created in 10 s", path)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestTCPPassive: a command that listens is in state="listen" while it
+// does (both backends); the connection it accepts is opened passive
+// (eBPF) and established while open; nothing is left once it exited.
+func TestTCPPassive(t *testing.T) {
+	for _, mode := range []Mode{ModeEBPF, ModePlain} {
+		t.Run(string(mode), func(t *testing.T) {
+			n := newTCPNet(t)
+			s, err := Start(Options{Mode: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			if mode == ModeEBPF && s.group("tcp") == nil {
+				t.Fatal("tcp group did not load")
+			}
+			file := t.TempDir() + "/listening"
+			addr := net.JoinHostPort(tcpClientIP, "7002")
+			cmd := startNS(t, s, n.client, helperEnv+"=tcp-serve", "HELPER_ADDR="+addr, "HELPER_FILE="+file)
+			waitFile(t, file)
+			state := func(m map[string]float64, name string) float64 {
+				return m["statexec_process_tcp_connections{state="+name+"}"]
+			}
+			m := metrics(t, s)
+			if state(m, "listen") != 1 || state(m, "established") != 0 {
+				t.Errorf("listening: listen %v, established %v; want 1, 0", state(m, "listen"), state(m, "established"))
+			}
+			// The far end (outside the run) connects.
+			var c net.Conn
+			if err := inNetns(n.server, func() (err error) {
+				c, err = net.Dial("tcp", addr)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			// Established on the command's side once accept() returned
+			// a socket; the kernel makes it before accept, so poll.
+			for i := 0; i < 500 && state(m, "established") != 1; i++ {
+				time.Sleep(10 * time.Millisecond)
+				m = metrics(t, s)
+			}
+			if state(m, "established") != 1 {
+				t.Errorf("accepted connection not in established: %v", m)
+			}
+			c.Close()
+			waitNS(t, s, cmd)
+			m = metrics(t, s)
+			if mode == ModeEBPF {
+				if got := m["statexec_process_tcp_connections_opened_total{direction=passive}"]; got != 1 {
+					t.Errorf("opened passive = %v, want 1", got)
+				}
+				if got := m["statexec_process_tcp_connections_opened_total{direction=active}"]; got != 0 {
+					t.Errorf("opened active = %v, want 0", got)
+				}
+			}
+			if state(m, "listen") != 0 {
+				t.Errorf("listen = %v after the command exited", state(m, "listen"))
+			}
+		})
 	}
 }
