@@ -56,10 +56,8 @@ struct tcp_counters {
 	// RTT sample and at state changes: behind by at most one RTT).
 	__u64 segs_out;
 	__u64 connect_ns;
-	__u64 connects;
 	__u64 connect_hist[HIST_SLOTS];
 	__u64 rtt_ns;
-	__u64 rtts;
 	__u64 rtt_hist[HIST_SLOTS];
 	// Live sockets by state: +1 when a socket enters a state, -1 when it
 	// leaves it, possibly on another CPU (so one CPU's slot may be
@@ -125,7 +123,8 @@ static __always_inline struct tcp_counters *get_counters(void)
 // net.bpf.c).
 #define ADD(p, v) __sync_fetch_and_add(p, v)
 
-static __always_inline void hist_add(__u64 *hist, __u64 *sum, __u64 *n, __u64 ns)
+// The count of a histogram is the sum of its slots (user space adds them).
+static __always_inline void hist_add(__u64 *hist, __u64 *sum, __u64 ns)
 {
 	__u32 slot = log2_u64(ns);
 
@@ -133,7 +132,6 @@ static __always_inline void hist_add(__u64 *hist, __u64 *sum, __u64 *n, __u64 ns
 		slot = HIST_SLOTS - 1;
 	ADD(&hist[slot], 1);
 	ADD(sum, ns);
-	ADD(n, 1);
 }
 
 // state_add adds v to a state's slot. The empty asm hides the caller's
@@ -256,7 +254,7 @@ int tcp_sockops(struct bpf_sock_ops *ops)
 		// srtt_us is the kernel's smoothed RTT in 1/8 us.
 		__u64 ns = (__u64)(OPS_U32(ops, srtt_us) >> 3) * 1000;
 
-		hist_add(c->rtt_hist, &c->rtt_ns, &c->rtts, ns);
+		hist_add(c->rtt_hist, &c->rtt_ns, ns);
 		st = sk_state_of(ops, false);
 		if (st)
 			add_segs_out(ops, c, st);
@@ -300,7 +298,7 @@ int tcp_sockops(struct bpf_sock_ops *ops)
 		if (st) {
 			if (st->connect_start_ns) {
 				now = bpf_ktime_get_ns();
-				hist_add(c->connect_hist, &c->connect_ns, &c->connects,
+				hist_add(c->connect_hist, &c->connect_ns,
 					 now - st->connect_start_ns);
 				st->connect_start_ns = 0;
 			}

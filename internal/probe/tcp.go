@@ -122,9 +122,7 @@ func (g *tcpGroup) sample() error {
 		sum.ResetsReceived += c.ResetsReceived
 		sum.SegsOut += c.SegsOut
 		sum.ConnectNs += c.ConnectNs
-		sum.Connects += c.Connects
 		sum.RttNs += c.RttNs
-		sum.Rtts += c.Rtts
 		for j := range c.ConnectHist {
 			sum.ConnectHist[j] += c.ConnectHist[j]
 			sum.RttHist[j] += c.RttHist[j]
@@ -198,7 +196,7 @@ func (g *tcpGroup) summarize(s *Summary) {
 		fmt.Fprintf(&line, " (%.2f%% of %d sent)", 100*float64(b.RetransSegs)/float64(b.SegsOut), b.SegsOut)
 	}
 	fmt.Fprintf(&line, ", %d timeouts", b.Rto)
-	if b.Rtts > 0 {
+	if rtts, _ := log2Buckets(b.RttHist[:], rttMinLe, rttMaxLe); rtts > 0 {
 		fmt.Fprintf(&line, "; rtt p50 %s, p99 %s", log2Quantile(b.RttHist[:], 0.5).Round(time.Microsecond), log2Quantile(b.RttHist[:], 0.99).Round(time.Microsecond))
 	}
 	fmt.Fprintf(&line, "; resets %d sent, %d received", b.ResetsSent, b.ResetsReceived)

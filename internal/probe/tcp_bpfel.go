@@ -31,10 +31,8 @@ type tcpTcpCounters struct {
 	ResetsReceived uint64
 	SegsOut        uint64
 	ConnectNs      uint64
-	Connects       uint64
 	ConnectHist    [36]uint64
 	RttNs          uint64
-	Rtts           uint64
 	RttHist        [36]uint64
 	States         [16]int64
 }
