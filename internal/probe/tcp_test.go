@@ -849,3 +849,28 @@ func TestTCPPassive(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkTCPDiagSample: what the plain TCP view adds to each sample (one
+// netlink socket and two filtered dumps per network namespace of the
+// tree), with a tree of sh and a sleep in statexec's own namespace.
+func BenchmarkTCPDiagSample(b *testing.B) {
+	requireRoot(b)
+	s, err := Start(Options{Mode: ModePlain})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if s.tcpDiag == nil {
+		b.Fatal("no sock_diag view")
+	}
+	cmd := shellCommand(s, "sleep 60 & wait")
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	for b.Loop() {
+		if err := s.tcpDiag.sample(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
