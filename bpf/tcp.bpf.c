@@ -239,6 +239,13 @@ static __always_inline void connect_failed(struct bpf_sock_ops *ops, struct tcp_
 #define CB_FLAGS (BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG | \
 		  BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG)
 
+// enable_cbs adds flags to the socket's callbacks, keeping those another
+// sock_ops program (of a parent cgroup) turned on.
+static __always_inline void enable_cbs(struct bpf_sock_ops *ops, __u32 flags)
+{
+	bpf_sock_ops_cb_flags_set(ops, OPS_U32(ops, bpf_sock_ops_cb_flags) | flags);
+}
+
 SEC("sockops")
 int tcp_sockops(struct bpf_sock_ops *ops)
 {
@@ -284,7 +291,7 @@ int tcp_sockops(struct bpf_sock_ops *ops)
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		// Called in connect() with the socket in SYN_SENT, before the
 		// SYN leaves.
-		bpf_sock_ops_cb_flags_set(ops, CB_FLAGS);
+		enable_cbs(ops, CB_FLAGS);
 		st = sk_state_of(ops, true);
 		if (st) {
 			st->connect_start_ns = bpf_ktime_get_ns();
@@ -292,7 +299,7 @@ int tcp_sockops(struct bpf_sock_ops *ops)
 		}
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		bpf_sock_ops_cb_flags_set(ops, CB_FLAGS);
+		enable_cbs(ops, CB_FLAGS);
 		ADD(&c->opened_active, 1);
 		st = sk_state_of(ops, true);
 		if (st) {
@@ -306,7 +313,7 @@ int tcp_sockops(struct bpf_sock_ops *ops)
 		}
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		bpf_sock_ops_cb_flags_set(ops, CB_FLAGS);
+		enable_cbs(ops, CB_FLAGS);
 		ADD(&c->opened_passive, 1);
 		st = sk_state_of(ops, true);
 		if (st)
@@ -314,7 +321,7 @@ int tcp_sockops(struct bpf_sock_ops *ops)
 		break;
 	case BPF_SOCK_OPS_TCP_LISTEN_CB:
 		// Called once listen() succeeded: the socket is in LISTEN.
-		bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
+		enable_cbs(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
 		st = sk_state_of(ops, true);
 		if (st)
 			count_state(c, st, OPS_U32(ops, state));
