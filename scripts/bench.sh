@@ -296,6 +296,12 @@ if have iperf3; then
 			python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'
 	}
 	paired iperf Gbit/s "client under statexec(%s)" ratio
+	# Group tcp: the eBPF side of this pair runs every probe group that
+	# loads here (sock_ops RTT callbacks fire on every ACK): say which.
+	if [[ -f $TMP/metrics-ebpf.txt ]]; then
+		echo "  eBPF groups on in these runs: $(grep -o '^statexec_probe_group_enabled{group="[a-z]*"[^}]*} 1' "$TMP/metrics-ebpf.txt" |
+			sed 's/.*group="\([a-z]*\)".*/\1/' | sort -u | tr '\n' ' ')"
+	fi
 else
 	echo "== 5. skipped: iperf3 not installed"
 fi

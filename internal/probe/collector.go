@@ -62,6 +62,10 @@ func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, lv ...s
 	ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, lv...)
 }
 
+func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, lv ...string) {
+	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)
+}
+
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.success, c.groupOn, c.cpu, c.rss, c.rssPeak, c.diskRead, c.diskWrite, c.cs, c.processes, c.threads} {
@@ -69,6 +73,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	for _, g := range c.s.groups {
 		g.g.describe(ch)
+	}
+	if c.s.tcpDiag != nil {
+		c.s.tcpDiag.describe(ch)
 	}
 }
 
@@ -113,6 +120,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- m.threads.Set(float64(p.threads))
 	for _, g := range s.groups {
 		g.g.collect(ch)
+	}
+	if s.tcpDiag != nil {
+		s.tcpDiag.collect(ch)
 	}
 }
 

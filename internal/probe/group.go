@@ -54,6 +54,8 @@ func groupSpecs() []groupSpec {
 		// runq: opt-in (SE_RUNQUEUE_HISTOGRAM), a program on every
 		// context switch of the host.
 		{name: "runq", load: loadRunqGroup, optIn: func(env *loadEnv) bool { return env.runqHistogram }},
+		// Group tcp: optional, a kernel without sock_ops loses only it.
+		{name: "tcp", required: false, load: loadTCPGroup},
 	}
 }
 

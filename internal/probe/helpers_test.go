@@ -126,6 +126,10 @@ func runHelper(mode string) error {
 	case "spin", "churn", "idle":
 		return schedHelper(mode)
 	default:
+		// Group tcp's helpers (tcp_test.go).
+		if h, ok := tcpHelpers[mode]; ok {
+			return h()
+		}
 		return fmt.Errorf("unknown helper %q", mode)
 	}
 }

@@ -53,6 +53,10 @@ type kernelLayout struct {
 	// cgroup_skb programs has it).
 	HaveSkCgrp bool
 	SkCgrp     uint32 // sock.sk_cgrp_data.cgroup
+
+	// Group tcp: a socket's error and state.
+	SkErr   uint32 // sock.sk_err
+	SkState uint32 // sock.__sk_common.skc_state
 }
 
 const (
@@ -277,6 +281,11 @@ func (b *rawBTF) layout() (kernelLayout, error) {
 			l.HaveSkCgrp = true
 			field(&l.SkCgrp, "sock", "sk_cgrp_data", "cgroup")
 		}
+	}
+	// Group tcp.
+	if _, ok := structs["sock"]; ok {
+		field(&l.SkErr, "sock", "sk_err")
+		field(&l.SkState, "sock", "__sk_common", "skc_state")
 	}
 	return l, errors.Join(errs...)
 }

@@ -60,6 +60,9 @@ func TestKernelLayout(t *testing.T) {
 		PcpuCount:      offset("percpu_counter", "count"),
 		HaveSkCgrp:     true,
 		SkCgrp:         offset("sock", "sk_cgrp_data", "cgroup"),
+		// Group tcp.
+		SkErr:   offset("sock", "sk_err"),
+		SkState: offset("sock", "__sk_common", "skc_state"),
 	}
 	var pc *btf.Struct
 	if err := spec.TypeByName("percpu_counter", &pc); err != nil {

@@ -39,6 +39,8 @@
 //	statexec_process_sched_runqueue_wait_seconds_total           run_delay of live tasks + exit bank
 //	statexec_process_sched_runqueue_latency_seconds              histogram, le 1.024us..1.07s (opt-in group runq)
 //	statexec_process_forks_total                                 sched_process_fork
+//	statexec_process_tcp_*                                       group tcp (tcp.go): sock_ops + reset tracepoints;
+//	                                                             without it, live-socket gauges from sock_diag (tcpdiag.go)
 //
 // The counters start at the command's start and keep what exited
 // processes did.
@@ -112,6 +114,10 @@ type Session struct {
 	// groups are the eBPF probe groups that loaded (none: plain backend).
 	groups []loadedGroup
 	coll   *collector
+	// tcpDiag is the TCP view from sock_diag when the tcp group is off
+	// (plain backend, or no sock_ops); nil with the group on or without
+	// a cgroup.
+	tcpDiag *tcpDiag
 
 	mu       sync.Mutex
 	plain    *plainSampler
@@ -182,6 +188,10 @@ func Start(opts Options) (*Session, error) {
 		}
 	}
 	s.plain = newPlainSampler(s.cg)
+	// Group tcp's plain-mode view.
+	if s.cg != nil && s.group("tcp") == nil {
+		s.tcpDiag = newTCPDiag(s.cg, s.coll.desc)
+	}
 	return s, nil
 }
 
@@ -335,6 +345,9 @@ func (s *Session) sampleLocked() {
 	// to zero.
 	for _, g := range s.groups {
 		errs = append(errs, g.g.sample())
+	}
+	if s.tcpDiag != nil && s.plain.root != 0 {
+		errs = append(errs, s.tcpDiag.sample())
 	}
 	s.snap.err = errors.Join(errs...)
 }
