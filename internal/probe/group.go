@@ -49,6 +49,8 @@ func groupSpecs() []groupSpec {
 	return []groupSpec{
 		{name: "sched", required: true, load: loadSchedGroup},
 		{name: "net", required: true, load: loadNetGroup},
+		// netobs: drops by reason, DNS.
+		{name: "drop", load: loadDropGroup},
 	}
 }
 

@@ -53,6 +53,9 @@ type kernelLayout struct {
 	// cgroup_skb programs has it).
 	HaveSkCgrp bool
 	SkCgrp     uint32 // sock.sk_cgrp_data.cgroup
+
+	// Group "drop" (kfree_skb), filled by dropLayout.
+	Drop *dropLayout
 }
 
 const (
@@ -278,6 +281,7 @@ func (b *rawBTF) layout() (kernelLayout, error) {
 			field(&l.SkCgrp, "sock", "sk_cgrp_data", "cgroup")
 		}
 	}
+	l.Drop = b.dropLayout()
 	return l, errors.Join(errs...)
 }
 
