@@ -53,12 +53,12 @@ func newPeerTable(desc func(name, help string, labels ...string) *prometheus.Des
 	}
 	const chunk = 256
 	return &peerTable{
-		seen: map[netPeerKey]bool{},
-		last: map[netPeerKey]netPeerBytes{},
-		ncpu: ncpu,
-		keys: make([]netPeerKey, chunk),
-		vals: make([]netPeerBytes, chunk*ncpu),
-		sent: desc("statexec_process_network_peer_sent_bytes_total", "Bytes sent by sockets of the command's tree, IP and transport headers included, by remote end (ip:port, [ipv6]:port): the first 16 peers to appear (ranked by bytes at the sample they appear), every other under peer=\"other\"; they add up to statexec_process_network_sent_bytes_total.", "peer", "protocol"),
+		seen:     map[netPeerKey]bool{},
+		last:     map[netPeerKey]netPeerBytes{},
+		ncpu:     ncpu,
+		keys:     make([]netPeerKey, chunk),
+		vals:     make([]netPeerBytes, chunk*ncpu),
+		sent:     desc("statexec_process_network_peer_sent_bytes_total", "Bytes sent by sockets of the command's tree, IP and transport headers included, by remote end (ip:port, [ipv6]:port): the first 16 peers to appear (ranked by bytes at the sample they appear), every other under peer=\"other\"; they add up to statexec_process_network_sent_bytes_total.", "peer", "protocol"),
 		received: desc("statexec_process_network_peer_received_bytes_total", "Bytes received by sockets of the command's tree, IP and transport headers included, by remote end, bounded like the sent bytes; they add up to statexec_process_network_received_bytes_total.", "peer", "protocol"),
 	}, nil
 }
