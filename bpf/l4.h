@@ -52,6 +52,33 @@ static __always_inline bool parse_l4(struct __sk_buff *skb, bool egress, struct 
 		info->proto = b[6];
 		__builtin_memcpy(info->addr, egress ? &b[24] : &b[8], 16);
 		off = 40;
+		// Extension headers before TCP/UDP: hop-by-hop (BIG TCP's
+		// jumbo payload option on GSO packets over 64 KiB), routing,
+		// destination options, fragment.
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			__u8 ext[2];
+
+			if (info->proto != 0 && info->proto != 43 && info->proto != 60 && info->proto != 44)
+				break;
+			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+				return true;
+			if (info->proto == 44) {
+				__u8 fo[2];
+
+				// Fragment header: 8 bytes; a later fragment
+				// has no ports.
+				if (bpf_skb_load_bytes(skb, off + 2, fo, sizeof(fo)))
+					return true;
+				info->proto = ext[0];
+				if (((fo[0] << 8) | (fo[1] & 0xf8)) != 0)
+					return true;
+				off += 8;
+				continue;
+			}
+			info->proto = ext[0];
+			off += ((__u32)ext[1] + 1) * 8;
+		}
 		break;
 	default:
 		return false;

@@ -51,6 +51,7 @@ func groupSpecs() []groupSpec {
 		{name: "net", required: true, load: loadNetGroup},
 		// netobs: drops by reason, DNS.
 		{name: "drop", load: loadDropGroup},
+		{name: "dns", load: loadDNSGroup},
 	}
 }
 
