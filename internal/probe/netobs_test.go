@@ -233,7 +233,7 @@ func nobPeers(spec string) error {
 }
 
 // nobNetns creates a network namespace with lo up; removed at cleanup.
-func nobNetns(t *testing.T, what string) string {
+func nobNetns(t testing.TB, what string) string {
 	t.Helper()
 	testenv.Require(t, "ip", "nsenter", "nft")
 	name := fmt.Sprintf("nob%s%d", what, os.Getpid())
@@ -246,7 +246,7 @@ func nobNetns(t *testing.T, what string) string {
 	return name
 }
 
-func nobNsRun(t *testing.T, ns string, args ...string) string {
+func nobNsRun(t testing.TB, ns string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns, "--"}, args...)...).CombinedOutput()
 	if err != nil {
