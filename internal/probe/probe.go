@@ -39,6 +39,10 @@
 //	statexec_process_sched_runqueue_wait_seconds_total           sched_info run_delay deltas
 //	statexec_process_sched_runqueue_latency_seconds              histogram, le 1.024us..1.07s
 //	statexec_process_forks_total                                 sched_process_fork
+//	statexec_process_network_peer_{sent,received}_bytes_total{peer,protocol}  net (16 named + other)
+//	statexec_process_network_drops_total{reason}                 drop: kfree_skb, BTF enum names
+//	statexec_process_dns_queries_total, ..._responses_total{rcode}  dns: cgroup_skb, UDP port 53
+//	statexec_process_dns_latency_seconds                         histogram, le 16.4us..4.29s
 //
 // The counters start at the command's start and keep what exited
 // processes did.
