@@ -123,7 +123,7 @@ func runHelper(mode string) error {
 		return nil
 	case "fallback":
 		return fallbackHelper()
-	case "nobudp", "nobdrop", "nobdnsd", "nobdnsq", "nobpeers": // netobs_test.go
+	case "nobudp", "nobdrop", "nobdnsd", "nobdnsq", "nobpeers", "nobrcvbuf": // netobs_test.go
 		return netobsHelper(mode)
 	default:
 		return fmt.Errorf("unknown helper %q", mode)

@@ -51,6 +51,8 @@ func netobsHelper(mode string) error {
 		return nobDNSClient(envInt("HELPER_N", 20), os.Getenv("HELPER_FILE"), os.Getenv("HELPER_PHASE_FILE"))
 	case "nobpeers":
 		return nobPeers(os.Getenv("HELPER_PEERS"))
+	case "nobrcvbuf":
+		return nobRcvbuf(envInt("HELPER_N", 2000), os.Getenv("HELPER_FILE"))
 	}
 	return fmt.Errorf("unknown helper %q", mode)
 }
@@ -93,6 +95,40 @@ func nobSendUDP(addr string, n int) error {
 		}
 	}
 	return nil
+}
+
+// nobRcvbuf overflows a UDP socket's receive buffer: it sends n
+// datagrams to itself without reading, then reads what was queued and
+// writes how many were lost (sent - received) to out.
+func nobRcvbuf(n int, out string) error {
+	rc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if err := rc.SetReadBuffer(4096); err != nil {
+		return err
+	}
+	c, err := net.DialUDP("udp4", nil, rc.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := make([]byte, 1000)
+	for i := 0; i < n; i++ {
+		if _, err := c.Write(buf); err != nil {
+			return err
+		}
+	}
+	got := 0
+	for {
+		_ = rc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := rc.Read(buf); err != nil {
+			break
+		}
+		got++
+	}
+	return os.WriteFile(out, []byte(strconv.Itoa(n-got)), 0o644)
 }
 
 // nobDNSQuery builds a query for name (type A, class IN).
@@ -374,6 +410,56 @@ func TestNetobsDrops(t *testing.T) {
 	}
 	if m["statexec_probe_group_enabled{group=drop}"] != 1 {
 		t.Errorf("drop group not reported enabled")
+	}
+}
+
+// TestNetobsDropsReceive: drops on receive, where the skb has no socket
+// any more and the owner is the tracepoint's rx_sk (Linux 6.11 on): a
+// full UDP receive buffer, SOCKET_RCVBUFF, equal to what the command
+// lost by its own count; the same losses of a process outside the run
+// in the same namespace count 0.
+func TestNetobsDropsReceive(t *testing.T) {
+	s := startEBPF(t)
+	nobRequireGroup(t, s, "drop")
+	if l, err := loadKernelLayout(); err != nil || l.Drop.Args < 4 {
+		t.Skip("kfree_skb without rx_sk (before Linux 6.11): receive drops are not attributable")
+	}
+	ns := nobNetns(t, "rcv")
+	dir := t.TempDir()
+	noiseOut, out := filepath.Join(dir, "noise"), filepath.Join(dir, "out")
+	if err := nobNsHelper(ns, nil, "nobrcvbuf", "HELPER_FILE="+noiseOut).Run(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := nobNsHelper(ns, s, "nobrcvbuf", "HELPER_FILE="+out)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.CommandStarted(cmd.Process.Pid)
+	err := cmd.Wait()
+	s.CommandEnded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := func(f string) float64 {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := strconv.Atoi(string(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return float64(n)
+	}
+	want, noise := lost(out), lost(noiseOut)
+	m := metrics(t, s)
+	got := m["statexec_process_network_drops_total{reason=SOCKET_RCVBUFF}"]
+	t.Logf("SOCKET_RCVBUFF %v, lost by the command %v, by the outside process %v", got, want, noise)
+	if want == 0 || noise == 0 {
+		t.Fatalf("no datagram lost (command %v, outside %v): the test did not overflow the buffer", want, noise)
+	}
+	if got != want {
+		t.Errorf("SOCKET_RCVBUFF = %v, want the command's own loss %v", got, want)
 	}
 }
 
