@@ -47,7 +47,7 @@ static __always_inline bool dns_header(struct __sk_buff *skb, bool egress, struc
 {
 	__u16 h[2];
 
-	if (!parse_l4(skb, egress, info) || info->proto != SE_IPPROTO_UDP || !info->l4off)
+	if (!parse_l4(skb, egress, true, info) || info->proto != SE_IPPROTO_UDP || !info->l4off)
 		return false;
 	if (info->port != DNS_PORT)
 		return false;

@@ -25,7 +25,8 @@ struct l4_info {
 
 // parse_l4 fills info from the headers; egress: the remote end is the
 // destination, ingress: the source. false when the packet is not IP.
-static __always_inline bool parse_l4(struct __sk_buff *skb, bool egress, struct l4_info *info)
+// With udp_only (a constant), other protocols stop before the ports.
+static __always_inline bool parse_l4(struct __sk_buff *skb, bool egress, bool udp_only, struct l4_info *info)
 {
 	__u8 b[40];
 	__u16 frag;
@@ -83,6 +84,8 @@ static __always_inline bool parse_l4(struct __sk_buff *skb, bool egress, struct 
 	default:
 		return false;
 	}
+	if (udp_only && info->proto != SE_IPPROTO_UDP)
+		return true;
 	if (info->proto != SE_IPPROTO_TCP && info->proto != SE_IPPROTO_UDP)
 		return true;
 	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))

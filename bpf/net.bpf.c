@@ -84,7 +84,7 @@ static __always_inline void count_peer(struct __sk_buff *skb, struct net_counter
 	struct peer_bytes zero = {}, *p;
 	__u32 slot;
 
-	if (parse_l4(skb, egress, &info) && info.l4off) {
+	if (parse_l4(skb, egress, false, &info) && info.l4off) {
 		key.family = info.family;
 		key.proto = info.proto;
 		key.port = info.port;

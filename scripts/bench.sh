@@ -359,6 +359,14 @@ PY
 		done
 		row "  per counted drop (the run's socket)" "$TMP/drop-hook-counted" ns
 		row "  per other drop (filtered out)" "$TMP/drop-hook-other" ns
+		echo "  BPF run time per packet of the cgroup_skb programs (kernel stats; loopback TCP, $ROUNDS runs):"
+		for ((r = 0; r < ROUNDS; r++)); do
+			go test -count=1 -run '^$' -bench NetobsPacketHooks -benchtime 3000x ./internal/probe/ 2>/dev/null |
+				awk -v d="$TMP/hook" '/^Benchmark/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^ns\/(net|dns)-/) { f = $(i + 1); sub("ns/", "", f); print $i >> (d "-" f) } }'
+		done
+		for h in net-egress net-ingress dns-egress dns-ingress; do
+			if [[ -s $TMP/hook-$h ]]; then row "  $h (net: counters + peer; dns: port 53 check)" "$TMP/hook-$h" ns; fi
+		done
 	)
 else
 	echo "== 6. skipped: needs the eBPF backend, nft, nsenter and ip"
