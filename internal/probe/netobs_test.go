@@ -214,12 +214,13 @@ func nobDNSClient(n int, out, phase string) error {
 			return err
 		}
 		id := uint16(0x1000 + i)
+		// The clock starts before the query leaves.
+		start := time.Now()
 		if _, err := c.Write(nobDNSQuery(id, name)); err != nil {
 			c.Close()
 			return err
 		}
 		sent++
-		start := time.Now()
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		buf := make([]byte, 512)
 		k, err := c.Read(buf)
