@@ -56,6 +56,9 @@ func groupSpecs() []groupSpec {
 		{name: "runq", load: loadRunqGroup, optIn: func(env *loadEnv) bool { return env.runqHistogram }},
 		// Group tcp: optional, a kernel without sock_ops loses only it.
 		{name: "tcp", required: false, load: loadTCPGroup},
+		// netobs: drops by reason, DNS.
+		{name: "drop", load: loadDropGroup},
+		{name: "dns", load: loadDNSGroup},
 	}
 }
 

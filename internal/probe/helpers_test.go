@@ -125,6 +125,8 @@ func runHelper(mode string) error {
 		return fallbackHelper()
 	case "spin", "churn", "idle":
 		return schedHelper(mode)
+	case "nobudp", "nobdrop", "nobdnsd", "nobdnsq", "nobpeers", "nobrcvbuf": // netobs_test.go
+		return netobsHelper(mode)
 	default:
 		// Group tcp's helpers (tcp_test.go).
 		if h, ok := tcpHelpers[mode]; ok {

@@ -57,6 +57,8 @@ type kernelLayout struct {
 	// Group tcp: a socket's error and state.
 	SkErr   uint32 // sock.sk_err
 	SkState uint32 // sock.__sk_common.skc_state
+	// Group "drop" (kfree_skb), filled by dropLayout.
+	Drop *dropLayout
 }
 
 const (
@@ -287,6 +289,7 @@ func (b *rawBTF) layout() (kernelLayout, error) {
 		field(&l.SkErr, "sock", "sk_err")
 		field(&l.SkState, "sock", "__sk_common", "skc_state")
 	}
+	l.Drop = b.dropLayout()
 	return l, errors.Join(errs...)
 }
 

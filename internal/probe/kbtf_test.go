@@ -69,6 +69,9 @@ func TestKernelLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	want.PcpuSize = pc.Size
+	// Group "drop": checked on its own (it holds a slice).
+	checkDropLayout(t, spec, got.Drop, offset)
+	got.Drop = nil
 	if got != want {
 		t.Errorf("layout\n got %+v\nwant %+v", got, want)
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type net_counters net ../../bpf/net.bpf.c -- -I../../bpf
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type net_counters -type peer_key -type peer_bytes net ../../bpf/net.bpf.c -- -I../../bpf
 
 // netGroup: bytes and packets of the tree's sockets, from cgroup_skb
 // programs on the run's cgroup (they see only its sockets).
@@ -19,6 +19,7 @@ type netGroup struct {
 	links links
 	cpus  []netNetCounters // reused per-CPU read buffer
 	last  netNetCounters
+	peers *peerTable
 
 	sentBytes, recvBytes, sentPkts, recvPkts *prometheus.Desc
 }
@@ -51,6 +52,9 @@ func loadNetGroup(env *loadEnv) (_ group, err error) {
 		return nil, err
 	}
 	d := env.desc
+	if g.peers, err = newPeerTable(d); err != nil {
+		return nil, err
+	}
 	g.sentBytes = d("statexec_process_network_sent_bytes_total", "Bytes sent by sockets of the command's tree, IP and transport headers included (cgroup_skb egress).")
 	g.recvBytes = d("statexec_process_network_received_bytes_total", "Bytes received by sockets of the command's tree, IP and transport headers included (cgroup_skb ingress).")
 	g.sentPkts = d("statexec_process_network_sent_packets_total", "Packets sent by sockets of the command's tree (GSO segments counted).")
@@ -59,6 +63,13 @@ func loadNetGroup(env *loadEnv) (_ group, err error) {
 }
 
 func (g *netGroup) sample() error {
+	// The peers first: bytes of packets in flight meanwhile reach the
+	// totals, not the peers, so named + other <= total at every sample
+	// (equal once the traffic stopped).
+	peers, err := g.peers.read(g.objs.Peers)
+	if err != nil {
+		return err
+	}
 	if err := g.objs.Counters.Lookup(uint32(0), &g.cpus); err != nil {
 		return fmt.Errorf("read BPF net counters: %w", err)
 	}
@@ -69,8 +80,13 @@ func (g *netGroup) sample() error {
 		sum.TxPackets += c.TxPackets
 		sum.RxBytes += c.RxBytes
 		sum.RxPackets += c.RxPackets
+		for j := range sum.PeerOverflowTx {
+			sum.PeerOverflowTx[j] += c.PeerOverflowTx[j]
+			sum.PeerOverflowRx[j] += c.PeerOverflowRx[j]
+		}
 	}
 	g.last = sum
+	g.peers.update(peers, &sum)
 	return nil
 }
 
@@ -79,6 +95,7 @@ func (g *netGroup) describe(ch chan<- *prometheus.Desc) {
 	ch <- g.recvBytes
 	ch <- g.sentPkts
 	ch <- g.recvPkts
+	g.peers.describe(ch)
 }
 
 func (g *netGroup) collect(ch chan<- prometheus.Metric) {
@@ -87,11 +104,13 @@ func (g *netGroup) collect(ch chan<- prometheus.Metric) {
 	counter(ch, g.recvBytes, float64(b.RxBytes))
 	counter(ch, g.sentPkts, float64(b.TxPackets))
 	counter(ch, g.recvPkts, float64(b.RxPackets))
+	g.peers.collect(ch)
 }
 
 func (g *netGroup) summarize(s *Summary) {
 	s.HaveNetwork = true
 	s.SentBytes, s.ReceivedBytes = g.last.TxBytes, g.last.RxBytes
+	s.Lines = append(s.Lines, g.peers.summary())
 }
 
 func (g *netGroup) close() error {

@@ -14,11 +14,27 @@ import (
 )
 
 type netNetCounters struct {
-	_         structs.HostLayout
-	TxBytes   uint64
-	TxPackets uint64
-	RxBytes   uint64
-	RxPackets uint64
+	_              structs.HostLayout
+	TxBytes        uint64
+	TxPackets      uint64
+	RxBytes        uint64
+	RxPackets      uint64
+	PeerOverflowTx [3]uint64
+	PeerOverflowRx [3]uint64
+}
+
+type netPeerBytes struct {
+	_  structs.HostLayout
+	Tx uint64
+	Rx uint64
+}
+
+type netPeerKey struct {
+	_      structs.HostLayout
+	Family uint8
+	Proto  uint8
+	Port   uint16
+	Addr   [4]uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -26,6 +42,7 @@ type netNetCounters struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	netMapCounters      = "counters"
+	netMapPeers         = "peers"
 	netProgCountEgress  = "count_egress"
 	netProgCountIngress = "count_ingress"
 	netVarOffCgroups    = "off_cgroups"
@@ -87,6 +104,7 @@ type netProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type netMapSpecs struct {
 	Counters *ebpf.MapSpec `ebpf:"counters"`
+	Peers    *ebpf.MapSpec `ebpf:"peers"`
 }
 
 // netVariableSpecs contains global variables before they are loaded into the kernel.
@@ -122,11 +140,13 @@ func (o *netObjects) Close() error {
 // It can be passed to loadNetObjects or ebpf.CollectionSpec.LoadAndAssign.
 type netMaps struct {
 	Counters *ebpf.Map `ebpf:"counters"`
+	Peers    *ebpf.Map `ebpf:"peers"`
 }
 
 func (m *netMaps) Close() error {
 	return _NetClose(
 		m.Counters,
+		m.Peers,
 	)
 }
 

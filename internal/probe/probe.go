@@ -41,6 +41,10 @@
 //	statexec_process_forks_total                                 sched_process_fork
 //	statexec_process_tcp_*                                       group tcp (tcp.go): sock_ops + reset tracepoints;
 //	                                                             without it, live-socket gauges from sock_diag (tcpdiag.go)
+//	statexec_process_network_peer_{sent,received}_bytes_total{peer,protocol}  net (16 named + other)
+//	statexec_process_network_drops_total{reason}                 drop: kfree_skb, BTF enum names
+//	statexec_process_dns_queries_total, ..._responses_total{rcode}  dns: cgroup_skb, UDP port 53
+//	statexec_process_dns_latency_seconds                         histogram, le 16.4us..4.29s
 //
 // The counters start at the command's start and keep what exited
 // processes did.
