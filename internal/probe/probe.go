@@ -179,6 +179,9 @@ func Start(opts Options) (*Session, error) {
 		}
 	}
 	s.plain = newPlainSampler(s.cg)
+	// benchhost: cgroup sources that are not BPF groups (pressure stall,
+	// perf events) run in both backends, sampled and exported like one.
+	s.groups = append(s.groups, s.cgroupSources()...)
 	return s, nil
 }
 
