@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -72,7 +73,18 @@ func runHostHelper(mode string) error {
 		for i := 0; i < n; i += os.Getpagesize() {
 			mem[i] = 1
 		}
-		return unix.Munmap(mem)
+		if err := unix.Munmap(mem); err != nil {
+			return err
+		}
+		// Then, optionally, HELPER_SPIN_LOOPS spinning processes for
+		// HELPER_SPIN_MS: more runnable tasks than CPUs make the
+		// scheduler migrate them.
+		if loops := envInt("HELPER_SPIN_LOOPS", 0); loops > 0 {
+			c := exec.Command(os.Args[0])
+			c.Env = append(os.Environ(), hostHelperEnv+"=spin", "HELPER_LOOPS="+strconv.Itoa(loops), "HELPER_MS="+os.Getenv("HELPER_SPIN_MS"), "HELPER_FILE=")
+			return c.Run()
+		}
+		return nil
 	case "odirect":
 		// HELPER_COUNT reads of HELPER_BS bytes with O_DIRECT from
 		// HELPER_FILE (wrapping around), each waited for.

@@ -183,7 +183,7 @@ func (p *pressureSource) summarize(s *Summary) {
 		s.Lines = append(s.Lines, fmt.Sprintf("cpu pressure: waited for a CPU %.1f%% of wall time (%s)", 100*w.Seconds()/wall.Seconds(), w.Round(time.Millisecond)))
 	}
 	for i := 1; i < len(p.on); i++ {
-		if p.on[i] && p.some[i] > 0 {
+		if p.on[i] && p.some[i] >= 1000 { // from 1 ms on
 			s.Lines = append(s.Lines, fmt.Sprintf("%s pressure: stalled on %s %s (all tasks at once %s)", pressureResources[i], pressureWhat[i],
 				(time.Duration(p.some[i])*time.Microsecond).Round(time.Millisecond), (time.Duration(p.full[i])*time.Microsecond).Round(time.Millisecond)))
 		}

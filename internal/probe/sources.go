@@ -15,5 +15,7 @@ func (s *Session) cgroupSources() []loadedGroup {
 	if p := newPressureSource(s.cg, s.coll.desc, s.opts.Notice); p != nil {
 		out = append(out, loadedGroup{spec: groupSpec{name: "pressure"}, g: p})
 	}
+	p := newPerfSource(s.cg, s.coll.desc, s.coll.groupOn, s.opts.Notice)
+	out = append(out, loadedGroup{spec: groupSpec{name: "perf"}, g: p})
 	return out
 }
