@@ -49,6 +49,8 @@ func groupSpecs() []groupSpec {
 	return []groupSpec{
 		{name: "sched", required: true, load: loadSchedGroup},
 		{name: "net", required: true, load: loadNetGroup},
+		// benchhost: block I/O latency, optional (raw tracepoints).
+		{name: "block", required: false, load: loadBlockGroup},
 	}
 }
 

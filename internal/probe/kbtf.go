@@ -53,6 +53,9 @@ type kernelLayout struct {
 	// cgroup_skb programs has it).
 	HaveSkCgrp bool
 	SkCgrp     uint32 // sock.sk_cgrp_data.cgroup
+	// benchhost (group block): a block request's operation.
+	HaveRequest bool
+	RqCmdFlags  uint32 // request.cmd_flags
 }
 
 const (
@@ -222,7 +225,7 @@ func isModifier(kind uint32) bool {
 
 func (b *rawBTF) layout() (kernelLayout, error) {
 	var l kernelLayout
-	structs := b.findStructs([]string{"task_struct", "sched_entity", "sched_info", "css_set", "cgroup", "kernfs_node", "mm_struct", "percpu_counter", "sock"})
+	structs := b.findStructs([]string{"task_struct", "sched_entity", "sched_info", "css_set", "cgroup", "kernfs_node", "mm_struct", "percpu_counter", "sock", "request"})
 	for _, n := range []string{"task_struct", "css_set", "cgroup", "kernfs_node"} {
 		if _, ok := structs[n]; !ok {
 			return l, fmt.Errorf("no struct %s", n)
@@ -277,6 +280,11 @@ func (b *rawBTF) layout() (kernelLayout, error) {
 			l.HaveSkCgrp = true
 			field(&l.SkCgrp, "sock", "sk_cgrp_data", "cgroup")
 		}
+	}
+	// benchhost (group block).
+	if _, ok := structs["request"]; ok {
+		l.HaveRequest = true
+		field(&l.RqCmdFlags, "request", "cmd_flags")
 	}
 	return l, errors.Join(errs...)
 }

@@ -66,6 +66,8 @@ func TestKernelLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	want.PcpuSize = pc.Size
+	// benchhost (group block).
+	want.HaveRequest, want.RqCmdFlags = true, offset("request", "cmd_flags")
 	if got != want {
 		t.Errorf("layout\n got %+v\nwant %+v", got, want)
 	}

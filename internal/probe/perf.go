@@ -77,29 +77,39 @@ func newPerfSource(cg *cgroup, desc func(name, help string, labels ...string) *p
 		{typ: unix.PERF_TYPE_HARDWARE, config: unix.PERF_COUNT_HW_BRANCH_MISSES, desc: desc("statexec_process_branch_misses_total", "Mispredicted branches of the command's tree (perf hardware event of the cgroup; scaled when multiplexed).")},
 	}}
 	cpus, err := onlineCPUs()
+	if err != nil {
+		p.groups[0].reason, p.groups[1].reason = "error", "error"
+		if notice != nil {
+			fmt.Fprintf(notice, "statexec: perf events unavailable (%s); their metrics are off\n", oneLine(err))
+		}
+		return p
+	}
 	for i := range p.groups {
 		g := &p.groups[i]
-		if err == nil {
-			err := g.open(cg, cpus)
-			switch {
-			case err == nil:
-				g.on = true
-				continue
-			case g.name == "perf_hw" && isNoPMU(err):
-				// Most VMs: normal, said by the info series
-				// only (a notice every run would be noise).
-				g.reason = "no_pmu"
-				continue
-			}
-			g.reason = perfReason(err)
-			if notice != nil {
-				fmt.Fprintf(notice, "statexec: perf events %s unavailable (%s); their metrics are off\n", g.name, oneLine(err))
-			}
+		if i > 0 && !p.groups[0].on {
+			// Without software events, hardware ones fail for the
+			// same reason (permissions): one cause, said once.
+			g.reason = p.groups[0].reason
 			continue
 		}
-		g.reason = "error"
-		if notice != nil && i == 0 {
-			fmt.Fprintf(notice, "statexec: perf events unavailable (%s); their metrics are off\n", oneLine(err))
+		err := g.open(cg, cpus)
+		switch {
+		case err == nil:
+			g.on = true
+			continue
+		case g.name == "perf_hw" && isNoPMU(err):
+			// Most VMs: normal, said by the info series only (a
+			// notice every run would be noise).
+			g.reason = "no_pmu"
+			continue
+		}
+		g.reason = perfReason(err)
+		// Without privileges (not root, no CAP_PERFMON) the eBPF
+		// notice, or plain mode chosen on purpose, already says that
+		// the run is measured from /proc only; the info series says
+		// why perf events are off.
+		if notice != nil && g.reason != "no_permission" {
+			fmt.Fprintf(notice, "statexec: perf events %s unavailable (%s); their metrics are off\n", g.name, oneLine(err))
 		}
 	}
 	return p
