@@ -2,6 +2,7 @@ package probe
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -89,6 +91,12 @@ func runHostHelper(mode string) error {
 		// HELPER_COUNT reads of HELPER_BS bytes with O_DIRECT from
 		// HELPER_FILE (wrapping around), each waited for.
 		return odirectRead(os.Getenv("HELPER_FILE"), envInt("HELPER_BS", 4096), envInt("HELPER_COUNT", 1024))
+	case "attach":
+		// For scripts/bench.sh: a cgroup with the perf events and the
+		// block group on it (HELPER_ATTACH=1) or nothing (0), so that a
+		// workload run in it measures only what they add. Writes the
+		// cgroup path to HELPER_FILE, holds until stdin closes.
+		return attachHelper(os.Getenv("HELPER_ATTACH") == "1", os.Getenv("HELPER_FILE"))
 	default:
 		return fmt.Errorf("unknown host helper %q", mode)
 	}
@@ -194,4 +202,33 @@ func schedstatDelay(t testing.TB, path string) time.Duration {
 		t.Fatalf("parse %s: %v", path, err)
 	}
 	return time.Duration(d)
+}
+
+func attachHelper(attach bool, file string) error {
+	cg, err := createCgroup()
+	if err != nil {
+		return err
+	}
+	defer cg.remove()
+	if attach {
+		desc := func(name, help string, labels ...string) *prometheus.Desc {
+			return prometheus.NewDesc(name, help, labels, nil)
+		}
+		p := newPerfSource(cg, desc, desc("statexec_probe_group_enabled", "", "group"), os.Stderr)
+		defer p.close()
+		if !p.groups[0].on {
+			return fmt.Errorf("perf events off: %s", p.groups[0].reason)
+		}
+		env := newLoadEnv(cg, desc)
+		b, err := loadBlockGroup(env)
+		if err != nil {
+			return err
+		}
+		defer b.close()
+	}
+	if err := os.WriteFile(file, []byte(cg.path+"\n"), 0o644); err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, os.Stdin)
+	return err
 }
