@@ -39,6 +39,14 @@
 //	statexec_process_sched_runqueue_wait_seconds_total           sched_info run_delay deltas
 //	statexec_process_sched_runqueue_latency_seconds              histogram, le 1.024us..1.07s
 //	statexec_process_forks_total                                 sched_process_fork
+//	statexec_process_disk_io_latency_seconds{op=read|write}      histogram, group block
+//
+// and in both backends, from the cgroup itself (sources.go):
+//
+//	statexec_process_pressure_{cpu,io,memory}_{waiting,stalled}_seconds_total  PSI some/full
+//	statexec_process_page_faults_total{kind}, statexec_process_cpu_migrations_total  perf_sw
+//	statexec_process_{cpu_cycles,instructions,cache_misses,branch_misses}_total    perf_hw (PMU)
+//	statexec_process_perf_events_running_ratio{group}, statexec_probe_group_disabled_info{group,reason}
 //
 // The counters start at the command's start and keep what exited
 // processes did.
