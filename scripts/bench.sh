@@ -453,3 +453,52 @@ PY
 else
 	echo "== 7. skipped: needs the eBPF backend, nft, nsenter and ip"
 fi
+
+# 8. what the perf events of the cgroup and the block group's
+# tracepoints add: the same workload in a cgroup with nothing attached
+# (A) and in one with the perf events and the block group on it (B), as
+# interleaved pairs. The cgroups come from the probe package's test
+# binary (host helper "attach"), so that nothing else of statexec runs.
+# Workloads: perf bench sched pipe pinned to one CPU (context switches:
+# cgroup perf events cost at each switch), and an O_DIRECT read loop of
+# 4 KiB blocks from a file on a real disk (dd iflag=direct: one request
+# per read). Knobs: DIRECT_READS, DIRECT_DIR (not tmpfs).
+if [[ $(id -u) -eq 0 ]] && have perf; then
+	DIRECT_READS=${DIRECT_READS:-8192}
+	DIRECT_DIR=${DIRECT_DIR:-/var/tmp}
+	echo "== 8. perf events + block tracepoints on the cgroup vs a bare cgroup ($ROUNDS pairs)"
+	go test -c -o "$TMP/probe.test" ./internal/probe
+	dfile=$(mktemp "$DIRECT_DIR/statexec-bench-direct.XXXXXX")
+	trap 'rm -f "$dfile"; cleanup' EXIT
+	dd if=/dev/urandom of="$dfile" bs=1M count=$((DIRECT_READS * 4 / 1024 + 1)) conv=fsync status=none
+	# in_cgroup ATTACH CMD...: runs CMD in a fresh cgroup, with (1) or
+	# without (0) the perf events and the block group; prints its stdout.
+	in_cgroup() {
+		local attach=$1 cgfile=$TMP/cg.path i cg
+		shift
+		rm -f "$cgfile"
+		exec 7> >(STATEXEC_HOST_HELPER=attach HELPER_ATTACH=$attach HELPER_FILE=$cgfile "$TMP/probe.test")
+		for ((i = 0; i < 100; i++)); do [[ -s $cgfile ]] && break; sleep 0.1; done
+		cg=$(cat "$cgfile")
+		sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cg" "$@"
+		exec 7>&- # the helper removes its cgroup
+	}
+	pipe6() { in_cgroup "$1" taskset -c "$PIN_CPU" perf bench sched pipe -l "$PIPE_LOOPS" 2>/dev/null | awk '/usecs\/op/ { print $1 }'; }
+	direct6() { in_cgroup "$1" dd if="$dfile" of=/dev/null iflag=direct bs=4k count="$DIRECT_READS" 2>&1 | awk '/copied/ { print $(NF-3) }'; }
+	for w in pipe6 direct6; do
+		: >"$TMP/$w-0" && : >"$TMP/$w-1" && : >"$TMP/$w-ratio"
+		for ((r = 0; r < ROUNDS; r++)); do
+			a=$("$w" 0) b=$("$w" 1)
+			echo "$a" >>"$TMP/$w-0" && echo "$b" >>"$TMP/$w-1"
+			div "$b" "$a" >>"$TMP/$w-ratio"
+		done
+	done
+	row "sched pipe, bare cgroup" "$TMP/pipe6-0" usecs/op
+	row "sched pipe, perf+block on" "$TMP/pipe6-1" usecs/op
+	row "  slowdown, per pair" "$TMP/pipe6-ratio" x
+	row "O_DIRECT ${DIRECT_READS}x4KiB, bare cgroup" "$TMP/direct6-0" s
+	row "O_DIRECT, perf+block on" "$TMP/direct6-1" s
+	row "  slowdown, per pair" "$TMP/direct6-ratio" x
+else
+	echo "== 8. skipped: needs root and perf"
+fi

@@ -59,6 +59,8 @@ func groupSpecs() []groupSpec {
 		// netobs: drops by reason, DNS.
 		{name: "drop", load: loadDropGroup},
 		{name: "dns", load: loadDNSGroup},
+		// benchhost: block I/O latency, optional (raw tracepoints).
+		{name: "block", required: false, load: loadBlockGroup},
 	}
 }
 

@@ -59,6 +59,9 @@ type kernelLayout struct {
 	SkState uint32 // sock.__sk_common.skc_state
 	// Group "drop" (kfree_skb), filled by dropLayout.
 	Drop *dropLayout
+	// benchhost (group block): a block request's operation.
+	HaveRequest bool
+	RqCmdFlags  uint32 // request.cmd_flags
 }
 
 const (
@@ -228,7 +231,7 @@ func isModifier(kind uint32) bool {
 
 func (b *rawBTF) layout() (kernelLayout, error) {
 	var l kernelLayout
-	structs := b.findStructs([]string{"task_struct", "sched_entity", "sched_info", "css_set", "cgroup", "kernfs_node", "mm_struct", "percpu_counter", "sock"})
+	structs := b.findStructs([]string{"task_struct", "sched_entity", "sched_info", "css_set", "cgroup", "kernfs_node", "mm_struct", "percpu_counter", "sock", "request"})
 	for _, n := range []string{"task_struct", "css_set", "cgroup", "kernfs_node"} {
 		if _, ok := structs[n]; !ok {
 			return l, fmt.Errorf("no struct %s", n)
@@ -290,6 +293,11 @@ func (b *rawBTF) layout() (kernelLayout, error) {
 		field(&l.SkState, "sock", "__sk_common", "skc_state")
 	}
 	l.Drop = b.dropLayout()
+	// benchhost (group block).
+	if _, ok := structs["request"]; ok {
+		l.HaveRequest = true
+		field(&l.RqCmdFlags, "request", "cmd_flags")
+	}
 	return l, errors.Join(errs...)
 }
 

@@ -72,6 +72,8 @@ func TestKernelLayout(t *testing.T) {
 	// Group "drop": checked on its own (it holds a slice).
 	checkDropLayout(t, spec, got.Drop, offset)
 	got.Drop = nil
+	// benchhost (group block).
+	want.HaveRequest, want.RqCmdFlags = true, offset("request", "cmd_flags")
 	if got != want {
 		t.Errorf("layout\n got %+v\nwant %+v", got, want)
 	}

@@ -45,6 +45,14 @@
 //	statexec_process_network_drops_total{reason}                 drop: kfree_skb, BTF enum names
 //	statexec_process_dns_queries_total, ..._responses_total{rcode}  dns: cgroup_skb, UDP port 53
 //	statexec_process_dns_latency_seconds                         histogram, le 16.4us..4.29s
+//	statexec_process_disk_io_latency_seconds{op=read|write}      histogram, group block
+//
+// and in both backends, from the cgroup itself (sources.go):
+//
+//	statexec_process_pressure_{cpu,io,memory}_{waiting,stalled}_seconds_total  PSI some/full
+//	statexec_process_page_faults_total{kind}, statexec_process_cpu_migrations_total  perf_sw
+//	statexec_process_{cpu_cycles,instructions,cache_misses,branch_misses}_total    perf_hw (PMU)
+//	statexec_process_perf_events_running_ratio{group}, statexec_probe_group_disabled_info{group,reason}
 //
 // The counters start at the command's start and keep what exited
 // processes did.
@@ -196,6 +204,9 @@ func Start(opts Options) (*Session, error) {
 	if s.cg != nil && s.group("tcp") == nil {
 		s.tcpDiag = newTCPDiag(s.cg, s.coll.desc)
 	}
+	// benchhost: cgroup sources that are not BPF groups (pressure stall,
+	// perf events) run in both backends, sampled and exported like one.
+	s.groups = append(s.groups, s.cgroupSources()...)
 	return s, nil
 }
 

@@ -1,0 +1,57 @@
+package probe
+
+import (
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestEBPFBlockLatency: N O_DIRECT reads of 4 KiB (one request each: far
+// below the device's max_sectors_kb) from a file on a real disk give N
+// read latencies, and no writes.
+func TestEBPFBlockLatency(t *testing.T) {
+	file := diskFile(t, 16<<20)
+	s := startEBPF(t)
+	g, ok := s.group("block").(*blockGroup)
+	if !ok {
+		t.Fatal("block group off as root on a kernel with block_rq_issue/complete")
+	}
+	const n = 4096
+	start := time.Now()
+	runHostChild(t, s, "odirect", "HELPER_FILE="+file, "HELPER_BS=4096", "HELPER_COUNT="+strconv.Itoa(n))
+	elapsed := time.Since(start)
+	m := metrics(t, s)
+	reads := m["statexec_process_disk_io_latency_seconds{op=read}_count"]
+	sum := m["statexec_process_disk_io_latency_seconds{op=read}_sum"]
+	t.Logf("%d O_DIRECT reads in %v: histogram count %.0f, mean %v; issued: %d marked at creation (block_io_start on: %v), %d by a task of the cgroup; writes %.0f",
+		n, elapsed.Round(time.Millisecond), reads, time.Duration(sum/reads*1e9), g.last.IssuedMarked, g.marked, g.last.IssuedByCgroup,
+		m["statexec_process_disk_io_latency_seconds{op=write}_count"])
+	if reads < n || reads > n*1.01 {
+		t.Errorf("read latency count = %.0f, want %d (+1%%)", reads, n)
+	}
+	if sum <= 0 || sum > elapsed.Seconds() {
+		t.Errorf("read latency sum = %v s, want within (0, %v]", sum, elapsed.Seconds())
+	}
+	var sum1 Summary
+	g.summarize(&sum1)
+	if len(sum1.Lines) == 0 {
+		t.Error("no disk latency summary line")
+	}
+	t.Log(sum1.Lines)
+}
+
+func TestBlockQuantile(t *testing.T) {
+	var h [blockHistSlots]uint64
+	h[20] = 99 // [1.048576 ms, 2.097152 ms)
+	h[30] = 1  // ~1.07 s
+	if got := blockQuantile(&h, 0.5); got < time.Duration(1<<20) || got >= time.Duration(1<<21) {
+		t.Errorf("p50 = %v, want in [2^20, 2^21) ns", got)
+	}
+	if got := blockQuantile(&h, 0.999); got < time.Duration(1<<30) {
+		t.Errorf("p99.9 = %v, want >= 2^30 ns", got)
+	}
+	count, buckets := blockBuckets(&h)
+	if count != 100 || buckets[float64(1<<21)/1e9] != 99 || buckets[float64(int64(1)<<35)/1e9] != 100 {
+		t.Errorf("buckets: count %d, %v", count, buckets)
+	}
+}
