@@ -317,6 +317,10 @@ func TestRemoteWriteUnreachable(t *testing.T) {
 	if c := strings.Count(r.stderr, "retrying"); c != 1 {
 		t.Errorf("want one warning, got %d:\n%s", c, r.stderr)
 	}
+	// The summary tells the command's own code; only the exit status is 1.
+	if !strings.Contains(r.stderr, "command exited with code 0") {
+		t.Errorf("summary does not say the command succeeded:\n%s", r.stderr)
+	}
 	if st := statusSequence(f); len(st) == 0 || st[len(st)-1] != 2 {
 		t.Errorf("command status sequence %v", st)
 	}

@@ -41,17 +41,15 @@ func (r *run) startRemoteWrite() error {
 }
 
 // finishRemoteWrite sends the rest (bounded by SE_REMOTE_WRITE_TIMEOUT);
-// samples not sent make a success a failure, as a failed file write does.
-func (r *run) finishRemoteWrite(code int) int {
+// an error (samples not sent) makes a success a failure, as a failed
+// file write does.
+func (r *run) finishRemoteWrite() error {
 	if r.rw == nil {
-		return code
+		return nil
 	}
 	err := r.rw.Finish()
 	r.rw = nil
-	if err != nil {
-		return failed(code)
-	}
-	return code
+	return err
 }
 
 // Push sends a metrics file or spool to url (statexec push).
