@@ -32,7 +32,10 @@ func (r *run) startRemoteWrite() error {
 	if r.cfg.RemoteWrite.URL == "" {
 		return nil
 	}
-	f, err := remotewrite.Follow(r.st.Path(), RemoteWriteOptions(r.cfg, r.o.Stderr))
+	o := RemoteWriteOptions(r.cfg, r.o.Stderr)
+	// The samples before the sync instant move with it: send none before.
+	o.Hold = synced(r.inv.Mode)
+	f, err := remotewrite.Follow(r.st.Path(), o)
 	if err != nil {
 		return err
 	}
@@ -47,9 +50,16 @@ func (r *run) finishRemoteWrite() error {
 	if r.rw == nil {
 		return nil
 	}
-	err := r.rw.Finish()
-	r.rw = nil
-	return err
+	// r.rw stays: syncAt may still call releaseRemoteWrite (Finish and
+	// Release are safe to call in any order).
+	return r.rw.Finish()
+}
+
+// releaseRemoteWrite lets the follower send once the time axis is final.
+func (r *run) releaseRemoteWrite() {
+	if r.rw != nil {
+		r.rw.Release()
+	}
 }
 
 // Push sends a metrics file or spool to url (statexec push).
