@@ -34,7 +34,7 @@ type Follower struct {
 	// released is closed by Release (Options.Hold).
 	released    chan struct{}
 	releaseOnce sync.Once
-	err    error // from reading the spool
+	err         error // from reading the spool
 
 	// parts[si] are the remote series of spool series si: one, or for a
 	// histogram count, sum and the buckets; ids[si] is the id of the
