@@ -182,6 +182,31 @@ func TestRemoteWriteVictoriaMetrics(t *testing.T) {
 		t.Logf("%d samples over a 3 s outage arrived exactly, none twice after dedup", n)
 	})
 
+	// Both sides of a sync pair stream to one database, on one time axis.
+	t.Run("sync pair", func(t *testing.T) {
+		addr := freePort(t)
+		env := []string{"SE_INTERVAL=100ms", "SE_REMOTE_WRITE_URL=" + url, "SE_LABEL_rwrun=sync"}
+		srv := startStatexec(t, append([]string{"SE_SYNC_LISTEN=" + addr}, env...), "waitStartAndStop", "sleep", "60")
+		waitListening(t, addr)
+		cli := startStatexec(t, env, "syncStartAndStop", "http://"+addr, "sleep", "1")
+		cli.wait(t, 20*time.Second)
+		srv.wait(t, 20*time.Second)
+		if cli.code != 0 || srv.code != 0 {
+			t.Fatalf("client exit %d, server exit %d\nclient:\n%s\nserver:\n%s", cli.code, srv.code, cli.stderr.String(), srv.stderr.String())
+		}
+		var files []*testenv.File
+		for _, b := range []*background{srv, cli} {
+			f := testenv.ParseFile(t, b.file)
+			if sent, failed := sentFailed(t, b.stderr.String()); failed != 0 || sent != countSamples(f) {
+				t.Fatalf("%s: sent %d failed %d, file %d", b.cmd.Args[1], sent, failed, countSamples(f))
+			}
+			files = append(files, f)
+		}
+		vm.Flush(t)
+		n := checkEverySample(t, "VictoriaMetrics", vm.Export(t, `{rwrun="sync"}`), files...)
+		t.Logf("sync pair: %d samples of server and client arrived exactly", n)
+	})
+
 	t.Run("push example", func(t *testing.T) {
 		var files []*testenv.File
 		for _, name := range []string{"example/statexec_metrics.txt", "example/statexec_metrics_server.txt"} {
@@ -316,6 +341,10 @@ func TestRemoteWriteUnreachable(t *testing.T) {
 	}
 	if c := strings.Count(r.stderr, "retrying"); c != 1 {
 		t.Errorf("want one warning, got %d:\n%s", c, r.stderr)
+	}
+	// The summary tells the command's own code; only the exit status is 1.
+	if !strings.Contains(r.stderr, "command exited with code 0") {
+		t.Errorf("summary does not say the command succeeded:\n%s", r.stderr)
 	}
 	if st := statusSequence(f); len(st) == 0 || st[len(st)-1] != 2 {
 		t.Errorf("command status sequence %v", st)

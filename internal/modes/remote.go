@@ -32,7 +32,10 @@ func (r *run) startRemoteWrite() error {
 	if r.cfg.RemoteWrite.URL == "" {
 		return nil
 	}
-	f, err := remotewrite.Follow(r.st.Path(), RemoteWriteOptions(r.cfg, r.o.Stderr))
+	o := RemoteWriteOptions(r.cfg, r.o.Stderr)
+	// The samples before the sync instant move with it: send none before.
+	o.Hold = synced(r.inv.Mode)
+	f, err := remotewrite.Follow(r.st.Path(), o)
 	if err != nil {
 		return err
 	}
@@ -41,17 +44,22 @@ func (r *run) startRemoteWrite() error {
 }
 
 // finishRemoteWrite sends the rest (bounded by SE_REMOTE_WRITE_TIMEOUT);
-// samples not sent make a success a failure, as a failed file write does.
-func (r *run) finishRemoteWrite(code int) int {
+// an error (samples not sent) makes a success a failure, as a failed
+// file write does.
+func (r *run) finishRemoteWrite() error {
 	if r.rw == nil {
-		return code
+		return nil
 	}
-	err := r.rw.Finish()
-	r.rw = nil
-	if err != nil {
-		return failed(code)
+	// r.rw stays: syncAt may still call releaseRemoteWrite (Finish and
+	// Release are safe to call in any order).
+	return r.rw.Finish()
+}
+
+// releaseRemoteWrite lets the follower send once the time axis is final.
+func (r *run) releaseRemoteWrite() {
+	if r.rw != nil {
+		r.rw.Release()
 	}
-	return code
 }
 
 // Push sends a metrics file or spool to url (statexec push).

@@ -446,7 +446,6 @@ func (r *run) finish(code int) int {
 	// complete. (SIGKILL still ends statexec; the spool then remains.)
 	r.points = r.st.Points()
 	writeErr := r.st.WriteFile(r.cfg.MetricsFile, formatOf(r.cfg.Format))
-	code = r.finishRemoteWrite(code)
 	summary := r.probe.Summary()
 	// Kills what is left of the command's tree and removes its cgroup.
 	if err := r.probe.Close(); err != nil {
@@ -456,6 +455,8 @@ func (r *run) finish(code int) int {
 	if r.child != nil {
 		reapRemaining(200 * time.Millisecond)
 	}
+	// After the command's leftovers are gone: the flush may wait.
+	pushErr := r.finishRemoteWrite()
 	if writeErr != nil {
 		r.st.Close()
 		r.errorf("write metrics file %s: %v; the samples are kept in %s (turn it into a file with: statexec recover %s)",
@@ -472,6 +473,9 @@ func (r *run) finish(code int) int {
 			r.errorf("report: %v", err)
 			code = failed(code)
 		}
+	}
+	if pushErr != nil {
+		code = failed(code)
 	}
 	if sampleErr != nil {
 		r.errorf("some samples were lost: %v", sampleErr)

@@ -61,6 +61,7 @@ func (r *run) syncAt(at time.Time) {
 	if _, err := r.smp.Sync(at); err != nil {
 		r.errorf("time origin: %v", err)
 	}
+	r.releaseRemoteWrite()
 }
 
 // syncPhase waits for the sync instant: /start received (wait* modes) or

@@ -31,7 +31,10 @@ type Follower struct {
 	stop   chan struct{}
 	done   chan struct{}
 	once   sync.Once
-	err    error // from reading the spool
+	// released is closed by Release (Options.Hold).
+	released    chan struct{}
+	releaseOnce sync.Once
+	err         error // from reading the spool
 
 	// parts[si] are the remote series of spool series si: one, or for a
 	// histogram count, sum and the buckets; ids[si] is the id of the
@@ -51,15 +54,37 @@ func Follow(path string, o Options) (*Follower, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &Follower{o: o, tail: tail, snd: snd, stop: make(chan struct{}), done: make(chan struct{})}
+	f := &Follower{o: o, tail: tail, snd: snd, stop: make(chan struct{}), done: make(chan struct{}),
+		released: make(chan struct{})}
+	if !o.Hold {
+		close(f.released)
+	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	go f.loop()
 	return f, nil
 }
 
+// Release ends the hold of Options.Hold: the time axis is final (the
+// shift of the sync instant is in the spool). Safe from any goroutine,
+// and more than once.
+func (f *Follower) Release() {
+	f.releaseOnce.Do(func() { close(f.released) })
+}
+
 func (f *Follower) loop() {
 	defer close(f.done)
 	b := newBatch()
+	if f.o.Hold {
+		select {
+		case <-f.released:
+		case <-f.stop: // no sync instant: the run ended before it
+		}
+		if _, err := f.tail.FindShift(); err != nil {
+			f.err = err
+			f.failRest(b)
+			return
+		}
+	}
 	tick := time.NewTicker(max(f.o.Interval, minSendEvery))
 	defer tick.Stop()
 	for {

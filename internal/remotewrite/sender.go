@@ -25,7 +25,10 @@ type Options struct {
 	// OpenMetrics: the run's file is OpenMetrics (counters end in _total,
 	// bounds like 1.0), not the Prometheus text format.
 	OpenMetrics bool
-	Stderr      io.Writer
+	// Hold: the run's time axis moves at the sync instant (the wait*
+	// and sync* modes), so a Follower sends nothing before Release.
+	Hold   bool
+	Stderr io.Writer
 }
 
 // maxBatch is the most values sent in one request (about 1 MiB of

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,6 +29,11 @@ type Tail struct {
 	// them would move samples already handed out.
 	ticksRead int
 	magic     bool
+	// The shift found ahead by FindShift: added to the shiftTicks first
+	// ticks, its record skipped when reached.
+	shiftMs    int64
+	shiftTicks int
+	shiftKnown bool
 }
 
 // SeriesInfo describes one series of a spool.
@@ -92,7 +98,12 @@ func (t *Tail) Next(max int, fn func(si int, tsMs int64, vals []float64)) (int, 
 		case recTick:
 			t.s.ticks++
 			t.ticksRead++
+			var delta int64
+			if t.shiftKnown && t.s.ticks <= t.shiftTicks {
+				delta = t.shiftMs
+			}
 			err = t.s.forPoints(rec, func(ts int64, si int, raw []byte) error {
+				ts += delta
 				vals = vals[:0]
 				for i := 0; i+8 <= len(raw); i += 8 {
 					vals = append(vals, math.Float64frombits(binary.LittleEndian.Uint64(raw[i:])))
@@ -102,6 +113,9 @@ func (t *Tail) Next(max int, fn func(si int, tsMs int64, vals []float64)) (int, 
 				return nil
 			})
 		case recShift:
+			if t.shiftKnown {
+				break // applied ahead (FindShift)
+			}
 			if t.ticksRead > 0 {
 				err = errors.New("the time axis was shifted after its samples were read")
 			} else {
@@ -116,6 +130,44 @@ func (t *Tail) Next(max int, fn func(si int, tsMs int64, vals []float64)) (int, 
 		t.consume(size)
 	}
 	return n, nil
+}
+
+// FindShift looks ahead, from where the tail stands to the end of what
+// is written, for the record that shifts the time axis (the sync modes
+// write it at the sync instant, after the ticks it moves), so that Next
+// hands those ticks out with their final timestamps. Call it once the
+// shift is written, before Next returns any tick; found is false when
+// the spool has none (yet).
+func (t *Tail) FindShift() (found bool, err error) {
+	if t.ticksRead > 0 {
+		return false, errors.New("store: FindShift after ticks were read")
+	}
+	r := bufio.NewReaderSize(io.NewSectionReader(t.f, t.off+int64(t.pos), math.MaxInt64>>1), 256<<10)
+	if !t.magic {
+		if err := readMagic(r); err != nil {
+			return false, err
+		}
+	}
+	rr := &recordReader{r: r}
+	ticks := t.s.ticks
+	for {
+		rec, err := rr.next()
+		if err != nil {
+			return false, nil // the end of what is complete: no shift
+		}
+		switch rec[0] {
+		case recTick:
+			ticks++
+		case recShift:
+			d := decoder{b: rec[1:]}
+			delta, n := d.varint(), d.uvarint()
+			if d.err != nil || n != uint64(ticks) {
+				return false, errors.New("store: bad shift record")
+			}
+			t.shiftMs, t.shiftTicks, t.shiftKnown = delta, ticks, true
+			return true, nil
+		}
+	}
 }
 
 // fill appends what the file holds after the buffered bytes.

@@ -95,3 +95,58 @@ func TestTailReadsOnlyCompleteRecords(t *testing.T) {
 		t.Fatalf("series 0: %+v", info)
 	}
 }
+
+// TestTailFindShift: the sync modes shift the ticks taken before the
+// sync instant after they were spooled; a Tail that looks ahead for the
+// shift hands them out with their final timestamps, as the file has them.
+func TestTailFindShift(t *testing.T) {
+	s := newTestStore(t)
+	for i := range 8 {
+		if i == 5 {
+			if err := s.Shift(-70000); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Append(1704067200000+int64(i)*10, []*dto.MetricFamily{gaugeFam("g", map[string]float64{"a": float64(i)})}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tail, err := OpenTail(s.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tail.Close()
+	if found, err := tail.FindShift(); err != nil || !found {
+		t.Fatalf("FindShift: %v %v", found, err)
+	}
+	var got []int64
+	for {
+		n, err := tail.Next(1000, func(_ int, ts int64, _ []float64) { got = append(got, ts) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	want := []int64{1704067130000, 1704067130010, 1704067130020, 1704067130030, 1704067130040,
+		1704067200050, 1704067200060, 1704067200070}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+	// Without looking ahead, a shift after handed-out ticks is an error,
+	// not wrong timestamps.
+	t2, err := OpenTail(s.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer t2.Close()
+	if _, err := t2.Next(1000, func(int, int64, []float64) {}); err == nil {
+		t.Fatal("no error for a shift after ticks were read")
+	}
+}
