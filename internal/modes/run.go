@@ -81,9 +81,9 @@ type run struct {
 	// SE_SYNC_PARTIES > 1, or a client of one).
 	partyStart bool
 	// partyLate is how long after the planned instant the command ran;
-	// partyHeld says whether it had been held there (hooks.runAt).
+	// partyHow says whether it had been held there (hooks.runAt).
 	partyLate time.Duration
-	partyHeld bool
+	partyHow  string
 	// partyStopFirst: this sync* client started with an N-party server
 	// whose stop policy is first (see afterCommand).
 	partyStopFirst bool
@@ -285,7 +285,11 @@ func (r *run) phases() int {
 		}
 		if held != nil {
 			held.waitRelease()
-			r.partyLate, r.partyHeld = held.started.Sub(at), held.gated
+			r.partyLate = held.started.Sub(at)
+			r.partyHow = "held after exec until then"
+			if !held.gated {
+				r.partyHow = "not held: ptrace not allowed; forked then"
+			}
 			r.commandStarted(held)
 		} else if err := r.startCommand(); err != nil {
 			code, _ := r.startFailed(err)
@@ -294,7 +298,7 @@ func (r *run) phases() int {
 			}
 			return code
 		} else {
-			r.partyLate = r.child.started.Sub(at)
+			r.partyLate, r.partyHow = r.child.started.Sub(at), "the instant had passed when the answer came; forked then"
 		}
 	}
 	code := r.wait()
