@@ -39,7 +39,7 @@ type npNet struct {
 
 func (n npNet) addr(i int) string { return fmt.Sprintf("10.79.0.%d", i+1) }
 
-func newNPNet(t *testing.T) npNet {
+func newNPNet(t *testing.T, hosts int) npNet {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")
@@ -64,7 +64,7 @@ func newNPNet(t *testing.T) npNet {
 	run("link", "add", n.bridge, "type", "bridge")
 	run("addr", "add", "10.79.0.254/24", "dev", n.bridge)
 	run("link", "set", n.bridge, "up")
-	for i := range 1 + npClients {
+	for i := range hosts {
 		ns := fmt.Sprintf("np-%d-%s-%d", os.Getpid(), tag, i)
 		n.ns = append(n.ns, ns)
 		host, peer := fmt.Sprintf("np%sh%d", tag, i), fmt.Sprintf("np%sp%d", tag, i)
@@ -299,7 +299,7 @@ func npCheckStart(t *testing.T, srv *background, clis []*background) []*testenv.
 // TestNPartyStartTogetherStopFirst: 4 clients and the server start
 // together; the server stops its command at the first client's /stop.
 func TestNPartyStartTogetherStopFirst(t *testing.T) {
-	n := newNPNet(t)
+	n := newNPNet(t, 1+npClients)
 	srv, clis := npRun(t, n, "first", []string{"0.3", "1.3", "1.6", "1.9"}, nil)
 	files := npCheckStart(t, srv, clis)
 	srvEnd := endedAt(t, files[0])
@@ -315,7 +315,7 @@ func TestNPartyStartTogetherStopFirst(t *testing.T) {
 // the last client has posted /stop; a fifth client arriving after the
 // start gets 409 and runs nothing.
 func TestNPartyStopLastAndLateParty(t *testing.T) {
-	n := newNPNet(t)
+	n := newNPNet(t, 1+npClients)
 	marker := filepath.Join(t.TempDir(), "late-ran")
 	srv, clis := npRun(t, n, "last", []string{"0.2", "0.4", "0.6", "2.5"}, func(base string) {
 		late := startIn(t, n.ns[1], []string{"SE_TIME_RELATIVE=" + strconv.FormatInt(axisOrigin, 10), "SE_SUMMARY=0"},
@@ -347,7 +347,7 @@ func TestNPartyStopLastAndLateParty(t *testing.T) {
 // the server give up after SE_SYNC_TIMEOUT with the reason, and no command
 // ran anywhere.
 func TestNPartyMissingPartyNothingRuns(t *testing.T) {
-	n := newNPNet(t)
+	n := newNPNet(t, 1+npClients)
 	dir := t.TempDir()
 	env := []string{"SE_TIME_RELATIVE=" + strconv.FormatInt(axisOrigin, 10), "SE_INTERVAL=100ms", "SE_SUMMARY=0", "SE_SYNC_TIMEOUT=2"}
 	listen := n.addr(0) + ":8080"
@@ -386,6 +386,51 @@ func TestNPartyMissingPartyNothingRuns(t *testing.T) {
 				t.Errorf("party %d: statexec_command_status %v", i, s.Value)
 				break
 			}
+		}
+	}
+}
+
+// TestReadmeThreeHostExample runs the README's 3-host example word for
+// word (but the server's address) in three namespaces: host A's two iperf3
+// servers start with B's and C's clients, and are stopped only after both
+// clients are done (policy last); no iperf3 is refused or busy.
+func TestReadmeThreeHostExample(t *testing.T) {
+	testenv.Require(t, "iperf3")
+	n := newNPNet(t, 3)
+	a := n.addr(0)
+	origin := []string{"SE_TIME_RELATIVE=1704067200000"}
+	srv := startIn(t, n.ns[0], append(origin, "SE_INSTANCE=a", "SE_SYNC_PARTIES=2", "SE_SYNC_STOP=last"),
+		"waitStartAndStop", "sh", "-c", "iperf3 -s -p 5201 & exec iperf3 -s -p 5202")
+	npWaitStatus(t, "http://"+a+":8080", "waiting", func(st *syncctl.Status) bool { return st.State == "waiting" })
+	b := startIn(t, n.ns[1], append(origin, "SE_INSTANCE=b", "SE_WAIT_TIME_BEFORE_COMMAND=1"),
+		"syncStartAndStop", "http://"+a+":8080", "iperf3", "-c", a, "-p", "5201", "-t", "10")
+	c := startIn(t, n.ns[2], append(origin, "SE_INSTANCE=c", "SE_WAIT_TIME_BEFORE_COMMAND=1"),
+		"syncStartAndStop", "http://"+a+":8080", "iperf3", "-c", a, "-p", "5202", "-t", "10")
+	for _, x := range []*background{b, c, srv} {
+		x.wait(t, 60*time.Second)
+	}
+	var files []*testenv.File
+	for i, x := range []*background{srv, b, c} {
+		out := x.stdout.String() + x.stderr.String()
+		if x.code != 0 || strings.Contains(out, "refused") || strings.Contains(out, "busy") || strings.Contains(out, "unable to") {
+			t.Fatalf("host %c: exit %d:\n%s", 'a'+i, x.code, out)
+		}
+		f := testenv.ParseFile(t, x.file)
+		if seq := statusSequence(f); fmt.Sprint(seq) != "[0 1 2]" {
+			t.Fatalf("host %c: status %v", 'a'+i, seq)
+		}
+		files = append(files, f)
+	}
+	endA, endB, endC := endedAt(t, files[0]), endedAt(t, files[1]), endedAt(t, files[2])
+	t.Logf("on the shared axis: A's command started at %+d ms, B's %+d, C's %+d; ended at %d, %d, %d ms",
+		startedAt(t, files[0])-axisOrigin, startedAt(t, files[1])-axisOrigin, startedAt(t, files[2])-axisOrigin,
+		endA-axisOrigin, endB-axisOrigin, endC-axisOrigin)
+	if endA < max(endB, endC) {
+		t.Errorf("policy last: A's command ended at %d ms, before the last client's (%d ms)", endA-axisOrigin, max(endB, endC)-axisOrigin)
+	}
+	for i, f := range files[1:] {
+		if d := startedAt(t, f) - axisOrigin; d < 1000 || d > 1100 {
+			t.Errorf("host %c: iperf3 started at origin + %d ms, want 1 s after the common instant", 'b'+i, d)
 		}
 	}
 }
