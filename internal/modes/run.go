@@ -244,6 +244,12 @@ func (r *run) execute() int {
 	return r.finish(code)
 }
 
+// partyHoldLead is how long before an N-party start instant the command is
+// forked and held: more than a fork and exec take on a loaded machine
+// (up to 20 ms measured), little time for the held process to sit in the
+// command's cgroup.
+const partyHoldLead = 100 * time.Millisecond
+
 // phases runs the command and returns the exit code so far.
 func (r *run) phases() int {
 	if synced(r.inv.Mode) {
@@ -265,7 +271,12 @@ func (r *run) phases() int {
 		var held *child
 		if r.partyStart && wait > 0 {
 			// N-party: the start instant is shared by every party: fork
-			// and exec now, and at the instant only let the command run.
+			// and exec shortly before it, and at the instant only let
+			// the command run. (Not earlier: the held process is in the
+			// command's cgroup already.)
+			if sig := r.sleep(wait - partyHoldLead); sig != nil {
+				return r.interrupt(sig)
+			}
 			c, err := r.forkCommand(at)
 			if err != nil {
 				code, _ := r.startFailed(err)

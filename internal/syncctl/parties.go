@@ -198,13 +198,15 @@ func (s *Server) handlePartyStart(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 
 	if n < s.opts.Parties || !s.decideStart() {
-		// The answer may take up to PartyTimeout: tell the client to
-		// wait (it extends its own bound on seeing this), and let the
-		// write deadline cover the wait.
+		// The answer may take up to PartyTimeout: let the write deadline
+		// cover the wait, and tell the client to wait (it extends its
+		// own bound on seeing this; no 1xx to HTTP/1.0 clients).
 		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.opts.PartyTimeout + writeTimeout))
-		w.Header().Set(PartiesHeader, strconv.Itoa(n)+"/"+strconv.Itoa(s.opts.Parties))
-		w.WriteHeader(http.StatusProcessing)
-		w.Header().Del(PartiesHeader)
+		if r.ProtoAtLeast(1, 1) {
+			w.Header().Set(PartiesHeader, strconv.Itoa(n)+"/"+strconv.Itoa(s.opts.Parties))
+			w.WriteHeader(http.StatusProcessing)
+			w.Header().Del(PartiesHeader)
+		}
 	}
 	select {
 	case <-done:
