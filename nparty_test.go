@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,7 +39,7 @@ type npNet struct {
 
 func (n npNet) addr(i int) string { return fmt.Sprintf("10.79.0.%d", i+1) }
 
-func newNPNet(t *testing.T) npNet {
+func newNPNet(t *testing.T, hosts int) npNet {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")
@@ -63,7 +64,7 @@ func newNPNet(t *testing.T) npNet {
 	run("link", "add", n.bridge, "type", "bridge")
 	run("addr", "add", "10.79.0.254/24", "dev", n.bridge)
 	run("link", "set", n.bridge, "up")
-	for i := range 1 + npClients {
+	for i := range hosts {
 		ns := fmt.Sprintf("np-%d-%s-%d", os.Getpid(), tag, i)
 		n.ns = append(n.ns, ns)
 		host, peer := fmt.Sprintf("np%sh%d", tag, i), fmt.Sprintf("np%sp%d", tag, i)
@@ -114,6 +115,17 @@ func npStartCommand(t *testing.T) string {
 		}
 	}
 	return bin
+}
+
+// npStartIn is startIn at nice -15: other load on the machine (other CI
+// jobs) should not decide the start skew. The commands inherit it.
+func npStartIn(t *testing.T, ns string, env []string, args ...string) *background {
+	t.Helper()
+	b := startIn(t, ns, env, args...)
+	if err := syscall.Setpriority(syscall.PRIO_PROCESS, b.cmd.Process.Pid, -15); err != nil {
+		t.Fatalf("setpriority: %v", err)
+	}
+	return b
 }
 
 // npStatus is GET /status of the server at base, or nil if it does not
@@ -178,16 +190,16 @@ func endedAt(t *testing.T, f *testenv.File) int64 {
 // and the clients after all have ended.
 func npRun(t *testing.T, n npNet, stop string, runFor []string, whileRunning func(base string)) (*background, []*background) {
 	t.Helper()
-	env := []string{"SE_TIME_RELATIVE=" + strconv.FormatInt(axisOrigin, 10), "SE_INTERVAL=100ms", "SE_SUMMARY=0"}
+	env := []string{"SE_TIME_RELATIVE=" + strconv.FormatInt(axisOrigin, 10), "SE_INTERVAL=100ms"}
 	listen := n.addr(0) + ":8080"
 	base := "http://" + listen
 	npstart := npStartCommand(t)
-	srv := startIn(t, n.ns[0], append(env, "SE_SYNC_LISTEN="+listen, "SE_SYNC_PARTIES="+strconv.Itoa(npClients), "SE_SYNC_STOP="+stop),
+	srv := npStartIn(t, n.ns[0], append(env, "SE_SYNC_LISTEN="+listen, "SE_SYNC_PARTIES="+strconv.Itoa(npClients), "SE_SYNC_STOP="+stop),
 		"waitStartAndStop", npstart, "60")
 	npWaitStatus(t, base, "waiting", func(st *syncctl.Status) bool { return st.State == "waiting" })
 	var clis []*background
 	for i := range npClients {
-		clis = append(clis, startIn(t, n.ns[1+i], env, "syncStartAndStop", base, npstart, runFor[i]))
+		clis = append(clis, npStartIn(t, n.ns[1+i], env, "syncStartAndStop", base, npstart, runFor[i]))
 	}
 	st := npWaitStatus(t, base, "running with 4 parties started", func(st *syncctl.Status) bool {
 		return st.State == "running" && st.Parties != nil && st.Parties.Started == npClients
@@ -219,29 +231,32 @@ func npRun(t *testing.T, n npNet, stop string, runFor []string, whileRunning fun
 	return srv, clis
 }
 
-// npSkewLimit is the start skew allowed: 5 ms, unless the race detector
-// slows every start or the machine is overloaded (a load average above
-// twice its CPUs: every wake-up then waits for a CPU), which the log says.
+// npSkewLimit is the start skew allowed: 5 ms; 20 ms when the race
+// detector slows every start; 10 times that when the machine is busy (a
+// load average above its CPUs: wake-ups then wait for a CPU; measured:
+// 4-29 ms at a load of 2.6-3.7 on 2 vCPU). The log says which.
 func npSkewLimit(t *testing.T) time.Duration {
 	t.Helper()
+	limit, why := 5*time.Millisecond, ""
 	if raceBuild {
-		t.Log("race detector: start skew checked against 20 ms, not 5 ms")
-		return 20 * time.Millisecond
+		limit, why = 20*time.Millisecond, "race detector"
 	}
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := strings.Fields(string(b))
-	load, err := strconv.ParseFloat(f[0], 64)
+	load, err := strconv.ParseFloat(strings.Fields(string(b))[0], 64)
 	if err != nil {
 		t.Fatalf("/proc/loadavg: %q", b)
 	}
-	if cpus := runtime.NumCPU(); load > 2*float64(cpus) {
-		t.Logf("load average %.1f on %d CPUs: start skew checked against 50 ms, not 5 ms", load, cpus)
-		return 50 * time.Millisecond
+	if cpus := runtime.NumCPU(); load > float64(cpus) {
+		limit *= 10
+		why += fmt.Sprintf(" load average %.1f on %d CPUs", load, cpus)
 	}
-	return 5 * time.Millisecond
+	if why != "" {
+		t.Logf("%s: start skew checked against %s, not 5 ms", strings.TrimSpace(why), limit)
+	}
+	return limit
 }
 
 // npCheckStart checks that all five commands started within 5 ms of each
@@ -255,6 +270,14 @@ func npCheckStart(t *testing.T, srv *background, clis []*background) []*testenv.
 	var rel []string
 	for _, s := range starts {
 		rel = append(rel, fmt.Sprintf("%+.2f", float64(s-lo)/1e6))
+	}
+	// Each statexec's own view: how late it let its command go.
+	for i, b := range all {
+		for _, l := range strings.Split(b.stderr.String(), "\n") {
+			if strings.Contains(l, "N-party start:") {
+				t.Logf("party %d: %s", i, strings.TrimSpace(strings.TrimPrefix(l, "statexec:")))
+			}
+		}
 	}
 	for _, b := range all {
 		t.Log(b.stderr.String())
@@ -279,7 +302,7 @@ func npCheckStart(t *testing.T, srv *background, clis []*background) []*testenv.
 // TestNPartyStartTogetherStopFirst: 4 clients and the server start
 // together; the server stops its command at the first client's /stop.
 func TestNPartyStartTogetherStopFirst(t *testing.T) {
-	n := newNPNet(t)
+	n := newNPNet(t, 1+npClients)
 	srv, clis := npRun(t, n, "first", []string{"0.3", "1.3", "1.6", "1.9"}, nil)
 	files := npCheckStart(t, srv, clis)
 	srvEnd := endedAt(t, files[0])
@@ -295,7 +318,7 @@ func TestNPartyStartTogetherStopFirst(t *testing.T) {
 // the last client has posted /stop; a fifth client arriving after the
 // start gets 409 and runs nothing.
 func TestNPartyStopLastAndLateParty(t *testing.T) {
-	n := newNPNet(t)
+	n := newNPNet(t, 1+npClients)
 	marker := filepath.Join(t.TempDir(), "late-ran")
 	srv, clis := npRun(t, n, "last", []string{"0.2", "0.4", "0.6", "2.5"}, func(base string) {
 		late := startIn(t, n.ns[1], []string{"SE_TIME_RELATIVE=" + strconv.FormatInt(axisOrigin, 10), "SE_SUMMARY=0"},
@@ -327,7 +350,7 @@ func TestNPartyStopLastAndLateParty(t *testing.T) {
 // the server give up after SE_SYNC_TIMEOUT with the reason, and no command
 // ran anywhere.
 func TestNPartyMissingPartyNothingRuns(t *testing.T) {
-	n := newNPNet(t)
+	n := newNPNet(t, 1+npClients)
 	dir := t.TempDir()
 	env := []string{"SE_TIME_RELATIVE=" + strconv.FormatInt(axisOrigin, 10), "SE_INTERVAL=100ms", "SE_SUMMARY=0", "SE_SYNC_TIMEOUT=2"}
 	listen := n.addr(0) + ":8080"
@@ -366,6 +389,51 @@ func TestNPartyMissingPartyNothingRuns(t *testing.T) {
 				t.Errorf("party %d: statexec_command_status %v", i, s.Value)
 				break
 			}
+		}
+	}
+}
+
+// TestReadmeThreeHostExample runs the README's 3-host example word for
+// word (but the server's address) in three namespaces: host A's two iperf3
+// servers start with B's and C's clients, and are stopped only after both
+// clients are done (policy last); no iperf3 is refused or busy.
+func TestReadmeThreeHostExample(t *testing.T) {
+	testenv.Require(t, "iperf3")
+	n := newNPNet(t, 3)
+	a := n.addr(0)
+	origin := []string{"SE_TIME_RELATIVE=1704067200000"}
+	srv := startIn(t, n.ns[0], append(origin, "SE_INSTANCE=a", "SE_SYNC_PARTIES=2", "SE_SYNC_STOP=last"),
+		"waitStartAndStop", "sh", "-c", "iperf3 -s -p 5201 & exec iperf3 -s -p 5202")
+	npWaitStatus(t, "http://"+a+":8080", "waiting", func(st *syncctl.Status) bool { return st.State == "waiting" })
+	b := startIn(t, n.ns[1], append(origin, "SE_INSTANCE=b", "SE_WAIT_TIME_BEFORE_COMMAND=1"),
+		"syncStartAndStop", "http://"+a+":8080", "iperf3", "-c", a, "-p", "5201", "-t", "10")
+	c := startIn(t, n.ns[2], append(origin, "SE_INSTANCE=c", "SE_WAIT_TIME_BEFORE_COMMAND=1"),
+		"syncStartAndStop", "http://"+a+":8080", "iperf3", "-c", a, "-p", "5202", "-t", "10")
+	for _, x := range []*background{b, c, srv} {
+		x.wait(t, 60*time.Second)
+	}
+	var files []*testenv.File
+	for i, x := range []*background{srv, b, c} {
+		out := x.stdout.String() + x.stderr.String()
+		if x.code != 0 || strings.Contains(out, "refused") || strings.Contains(out, "busy") || strings.Contains(out, "unable to") {
+			t.Fatalf("host %c: exit %d:\n%s", 'a'+i, x.code, out)
+		}
+		f := testenv.ParseFile(t, x.file)
+		if seq := statusSequence(f); fmt.Sprint(seq) != "[0 1 2]" {
+			t.Fatalf("host %c: status %v", 'a'+i, seq)
+		}
+		files = append(files, f)
+	}
+	endA, endB, endC := endedAt(t, files[0]), endedAt(t, files[1]), endedAt(t, files[2])
+	t.Logf("on the shared axis: A's command started at %+d ms, B's %+d, C's %+d; ended at %d, %d, %d ms",
+		startedAt(t, files[0])-axisOrigin, startedAt(t, files[1])-axisOrigin, startedAt(t, files[2])-axisOrigin,
+		endA-axisOrigin, endB-axisOrigin, endC-axisOrigin)
+	if endA < max(endB, endC) {
+		t.Errorf("policy last: A's command ended at %d ms, before the last client's (%d ms)", endA-axisOrigin, max(endB, endC)-axisOrigin)
+	}
+	for i, f := range files[1:] {
+		if d := startedAt(t, f) - axisOrigin; d < 1000 || d > 1100 {
+			t.Errorf("host %c: iperf3 started at origin + %d ms, want 1 s after the common instant", 'b'+i, d)
 		}
 	}
 }

@@ -83,7 +83,8 @@ type hooks struct {
 	// ptrace, until that instant: the costly part of a start (fork,
 	// cgroup, execve) is then done, and at the instant the forking
 	// thread, woken by the kernel's timer itself, only lets it run.
-	// Where ptrace is not allowed the child starts at once (gated false).
+	// Where ptrace is not allowed, startChild returns once the child was
+	// forked at the instant (gated false).
 	runAt time.Time
 }
 
@@ -125,7 +126,10 @@ func startChild(path string, argv []string, stdio [3]*os.File, h hooks) (*child,
 		attr.Ptrace = gate != nil
 		p, err := os.StartProcess(path, argv, &os.ProcAttr{Files: stdio[:], Sys: attr, Env: os.Environ()})
 		if err != nil && attr.Ptrace && errors.Is(err, syscall.EPERM) {
-			attr.Ptrace = false // ptrace denied here (seccomp, Yama): no gate
+			// ptrace denied here (seccomp, Yama, statexec traced): no
+			// hold; fork at the instant instead.
+			attr.Ptrace = false
+			gate.wait()
 			p, err = os.StartProcess(path, argv, &os.ProcAttr{Files: stdio[:], Sys: attr, Env: os.Environ()})
 		}
 		if err != nil {

@@ -83,9 +83,9 @@ type run struct {
 	// SE_SYNC_PARTIES > 1, or a client of one).
 	partyStart bool
 	// partyLate is how long after the planned instant the command ran;
-	// partyHeld says whether it had been held there (hooks.runAt).
+	// partyHow says whether it had been held there (hooks.runAt).
 	partyLate time.Duration
-	partyHeld bool
+	partyHow  string
 	// partyStopFirst: this sync* client started with an N-party server
 	// whose stop policy is first (see afterCommand).
 	partyStopFirst bool
@@ -253,6 +253,12 @@ func (r *run) execute() int {
 	return r.finish(code)
 }
 
+// partyHoldLead is how long before an N-party start instant the command is
+// forked and held: more than a fork and exec take on a loaded machine
+// (up to 20 ms measured), little time for the held process to sit in the
+// command's cgroup.
+const partyHoldLead = 100 * time.Millisecond
+
 // phases runs the command and returns the exit code so far.
 func (r *run) phases() int {
 	if synced(r.inv.Mode) {
@@ -274,7 +280,12 @@ func (r *run) phases() int {
 		var held *child
 		if r.partyStart && wait > 0 {
 			// N-party: the start instant is shared by every party: fork
-			// and exec now, and at the instant only let the command run.
+			// and exec shortly before it, and at the instant only let
+			// the command run. (Not earlier: the held process is in the
+			// command's cgroup already.)
+			if sig := r.sleep(wait - partyHoldLead); sig != nil {
+				return r.interrupt(sig)
+			}
 			c, err := r.forkCommand(at)
 			if err != nil {
 				code, _ := r.startFailed(err)
@@ -294,7 +305,11 @@ func (r *run) phases() int {
 		}
 		if held != nil {
 			held.waitRelease()
-			r.partyLate, r.partyHeld = held.started.Sub(at), held.gated
+			r.partyLate = held.started.Sub(at)
+			r.partyHow = "held after exec until then"
+			if !held.gated {
+				r.partyHow = "not held: ptrace not allowed; forked then"
+			}
 			r.commandStarted(held)
 		} else if err := r.startCommand(); err != nil {
 			code, _ := r.startFailed(err)
@@ -303,7 +318,7 @@ func (r *run) phases() int {
 			}
 			return code
 		} else {
-			r.partyLate = r.child.started.Sub(at)
+			r.partyLate, r.partyHow = r.child.started.Sub(at), "the instant had passed when the answer came; forked then"
 		}
 	}
 	code := r.wait()

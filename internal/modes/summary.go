@@ -30,11 +30,7 @@ func (r *run) printSummary(code int, s probe.Summary) {
 		line("  synchronised at %s: the time origin", r.syncedAt.UTC().Format(time.RFC3339Nano))
 	}
 	if r.partyStart {
-		how := "held after exec until then"
-		if !r.partyHeld {
-			how = "not held (ptrace not allowed, or the instant had passed): forked then"
-		}
-		line("  N-party start: the command ran %s after the common start instant (%s)", r.partyLate.Round(time.Microsecond), how)
+		line("  N-party start: the command ran %s after the common start instant (%s)", r.partyLate.Round(time.Microsecond), r.partyHow)
 	}
 	user, sys := s.UserCPU, s.SystemCPU
 	if user == 0 && sys == 0 {

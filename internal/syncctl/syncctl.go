@@ -37,4 +37,33 @@
 //     nothing happens.
 //   - with a Token: no or a wrong "Authorization: Bearer <token>" gets 401
 //     and nothing happens (GET /status included).
+//
+// # N parties (ServerOptions.Parties > 1, parties.go)
+//
+// The table above is for one party. With N parties:
+//   - POST /start waiting: the party is counted (GET /status "parties")
+//     and, unless it is the N-th, gets at once an interim 102 Processing
+//     with Statexec-Sync-Parties: "arrived/N", then the final answer when
+//     the barrier is decided (a long poll). A party that disconnects
+//     before that no longer counts.
+//   - when the N-th arrives: Start (StartAt) is called once with a start
+//     instant ahead by the largest round trip of the parties (TCP_INFO of
+//     their connections) plus 50 ms, then every party gets 201 with
+//     Statexec-Sync-Start-In-Ns (the time left until that instant when
+//     the answer was written), Statexec-Sync-Rtt-Ns (its round trip) and
+//     Statexec-Sync-Stop ("first" or "last"). The 201s come before the
+//     server's own command starts, at the instant.
+//   - not all N within PartyTimeout of the first arrival: every waiting
+//     party gets 503 "not starting: only K of N parties arrived within
+//     T (SE_SYNC_TIMEOUT), nothing started"; the state becomes "failed",
+//     Abandoned is closed, Start is never called; a later /start gets
+//     the same 503.
+//   - a /start once N have arrived or after the start: 409 "already
+//     started" (a late party).
+//   - Refuse, or Shutdown, while parties wait: they get 503.
+//   - POST /stop, policy first: the first stops (202 "stopping"), the
+//     later ones get 202 "already stopping" (not 409: every party posts
+//     its /stop); policy last: 202 "stop noted: K of N parties have
+//     stopped (policy last)" until the last, whose /stop stops; a /stop
+//     beyond the parties gets 409 "already stopping". 204 once finished.
 package syncctl
