@@ -338,8 +338,17 @@ func (s *Session) CommandEnded() {
 		return
 	}
 	s.plain.ended()
+	for _, g := range s.groups {
+		if e, ok := g.g.(commandEnder); ok {
+			e.commandEnded()
+		}
+	}
 	s.sampleLocked()
 }
+
+// commandEnder is a probe group with something to settle before the
+// last sample of the command.
+type commandEnder interface{ commandEnded() }
 
 // sample returns fresh values, or the final ones once closed.
 func (s *Session) sample() snapshot {

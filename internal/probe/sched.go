@@ -8,7 +8,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
@@ -240,8 +239,29 @@ func (g *schedGroup) processExiting(pid int) {
 		c.nvcsw, c.nivcsw = more(t.nvcsw, &e.Nvcsw), more(t.nivcsw, &e.Nivcsw)
 	}
 	g.corrected.add(c)
-	// What is added now, sched_process_free must not add again.
-	_ = g.objs.Exited.Update(key, &e, ebpf.UpdateExist)
+	// Final now: sched_process_free finds nothing to add, and the
+	// entry no longer holds up commandEnded. (Should the read have come
+	// before the zombie's very last switch, that switch's few
+	// microseconds are lost.)
+	_ = g.objs.Exited.Delete(key)
+}
+
+// maxFreeWait bounds commandEnded's wait. An RCU grace period is a few
+// milliseconds on an idle machine.
+const maxFreeWait = 20 * time.Millisecond
+
+// commandEnded waits, at most maxFreeWait, for the kernel to free the
+// tasks that exited last (typically a process's other threads, which
+// exit with it), so that the run's last sample has their last slices
+// (up to a tick each). Entries of statexec's own children are final
+// already (processExiting deleted them): a command whose threads were
+// all gone before it exited does not wait.
+func (g *schedGroup) commandEnded() {
+	deadline := time.Now().Add(maxFreeWait)
+	var key uint32
+	for g.objs.Exited.NextKey(nil, &key) == nil && time.Now().Before(deadline) {
+		time.Sleep(500 * time.Microsecond)
+	}
 }
 
 // nsTid is the entry's tid as statexec (and cgroup.threads) sees it.

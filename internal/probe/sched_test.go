@@ -118,13 +118,14 @@ func cgroupUsage(t testing.TB, dir string) time.Duration {
 // sample it reads the cgroup's cpu.stat. It returns the samples (the last
 // one taken after the child was reaped) and the child's state.
 type schedSample struct {
-	at    time.Time
+	at    time.Time // right before the sample; end: right after
 	m     map[string]float64
 	usage time.Duration // cpu.stat usage_usec right after the sample
 	// usage0 is cpu.stat usage_usec right before the sample: on a busy
 	// machine the test itself may wait for a CPU between the reads, so
 	// the sample's instant is only known to lie between the two.
 	usage0 time.Duration
+	end    time.Time
 }
 
 func schedRun(t *testing.T, s *Session, interval time.Duration, env ...string) ([]schedSample, *os.ProcessState) {
@@ -150,7 +151,8 @@ func schedRun(t *testing.T, s *Session, interval time.Duration, env ...string) (
 		u0 := cgroupUsage(t, s.CgroupPath())
 		at := time.Now()
 		m := metrics(t, s)
-		out = append(out, schedSample{at: at, m: m, usage0: u0, usage: cgroupUsage(t, s.CgroupPath())})
+		end := time.Now()
+		out = append(out, schedSample{at: at, end: end, m: m, usage0: u0, usage: cgroupUsage(t, s.CgroupPath())})
 	}
 	take()
 	tick := time.NewTicker(interval)
@@ -250,15 +252,17 @@ func TestSchedBusyLoopEveryInterval(t *testing.T) {
 		// The run-queue wait shows only once the thread runs again, so
 		// whether it had the CPU is taken from cpu.stat; and the test
 		// must not have waited for a CPU itself around its reads.
-		quiet := (b.usage-b.usage0)+(a.usage-a.usage0) < 2*time.Millisecond
+		quiet := (b.usage-b.usage0)+(a.usage-a.usage0) < 2*time.Millisecond &&
+			b.end.Sub(b.at)+a.end.Sub(a.at) < 2*time.Millisecond
 		if quiet && usage >= 0.95*wall {
 			strict++
 			if !within(cpu, wall, 0.05) {
 				t.Errorf("interval %d: on-CPU %.4fs, interval %.4fs: off by more than 5%%", i, cpu, wall)
 			}
 		}
-		if cpu > 1.05*wall {
-			t.Errorf("interval %d: on-CPU %.4fs in %.4fs: more than one CPU for one thread", i, cpu, wall)
+		// The samples lie somewhere in [at, end] each.
+		if longest := b.end.Sub(a.at).Seconds(); cpu > 1.05*longest {
+			t.Errorf("interval %d: on-CPU %.4fs in at most %.4fs: more than one CPU for one thread", i, cpu, longest)
 		}
 		if math.Abs(cpu-usage) > 0.02*wall && (b.usage-b.usage0)+(a.usage-a.usage0) < 5*time.Millisecond {
 			t.Errorf("interval %d: on-CPU %.4fs, cpu.stat %.4fs: off by more than 2%% of the interval", i, cpu, usage)
@@ -278,7 +282,11 @@ func TestSchedBusyLoopEveryInterval(t *testing.T) {
 	// one the thread waits for the CPU in most.
 	t.Logf("%d of %d intervals with the CPU to itself, checked against the interval", strict, len(samples)-3)
 	last := samples[len(samples)-1]
-	checkEndTotals(t, last.m, ps, last.usage, 0.01)
+	// The helper's Go runtime threads exit with it: see
+	// TestSchedChurnExact for why their involuntary switches may differ
+	// (the e2e TestSchedBusyCommandEveryInterval has a truly
+	// single-threaded command, exact to its last switches).
+	checkEndTotals(t, last.m, ps, last.usage, 0.02)
 	if f := last.m["statexec_process_forks_total"]; f < 1 {
 		t.Errorf("forks %v, want >= 1", f)
 	}
