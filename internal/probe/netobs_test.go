@@ -426,7 +426,7 @@ func TestNetobsDrops(t *testing.T) {
 func TestNetobsDropsReceive(t *testing.T) {
 	s := startEBPF(t)
 	nobRequireGroup(t, s, "drop")
-	if l, err := loadKernelLayout(); err != nil || l.Drop.Args < 4 {
+	if s.group("drop").(*dropGroup).args < 4 {
 		t.Skip("kfree_skb without rx_sk (before Linux 6.11): receive drops are not attributable")
 	}
 	ns := nobNetns(t, "rcv")
@@ -792,5 +792,32 @@ func TestPeerPromotion(t *testing.T) {
 	}
 	if prev["127.0.0.1:1000/tcp"] != 1<<20 {
 		t.Errorf("named peer 0 = %d", prev["127.0.0.1:1000/tcp"])
+	}
+}
+
+// TestNetobsDropThreeArgs: the program built for kfree_skb without
+// rx_sk (Linux 5.17-6.10) passes the verifier and attaches here too, so
+// the fallback load works.
+func TestNetobsDropThreeArgs(t *testing.T) {
+	s := startEBPF(t)
+	nobRequireGroup(t, s, "drop")
+	l, err := loadKernelLayout()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := loadDrop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Maps["drops"].MaxEntries = uint32(len(l.Drop.Reasons) + 1)
+	g := &dropGroup{}
+	if err := g.load(spec, commonVariables(s.cg, l), l.Drop, 3); err != nil {
+		t.Fatalf("load with 3 arguments: %v", err)
+	}
+	if err := g.close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.group("drop").(*dropGroup).args; got != 4 {
+		t.Errorf("the session's drop group reads %d arguments, want 4 on this kernel", got)
 	}
 }
