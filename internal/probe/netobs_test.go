@@ -821,3 +821,35 @@ func TestNetobsDropThreeArgs(t *testing.T) {
 		t.Errorf("the session's drop group reads %d arguments, want 4 on this kernel", got)
 	}
 }
+
+// TestNetobsPeersOverflow: more peers than the BPF map holds (4096):
+// the map is read in chunks, the rest counts in the overflow, and named
+// + other still equal the network totals.
+func TestNetobsPeersOverflow(t *testing.T) {
+	s := startEBPF(t)
+	const peers, base = 5000, 20000
+	var spec []string
+	for i := 0; i < peers; i++ {
+		spec = append(spec, fmt.Sprintf("udp,127.0.0.1:%d,%d", base+i, 10+i%1000))
+	}
+	runChild(t, s, helperEnv+"=nobpeers", "HELPER_PEERS="+strings.Join(spec, ";"))
+	m := metrics(t, s)
+	named := nobPeerSums(t, m)
+	if len(named) != 2*maxNamedPeers {
+		t.Errorf("%d named series, want %d", len(named), 2*maxNamedPeers)
+	}
+	g := s.group("net").(*netGroup)
+	t.Logf("map entries %d, overflow %v bytes, other %v", len(g.peers.last), g.peers.overflowTx, m["statexec_process_network_peer_sent_bytes_total{peer=other,protocol=udp}"])
+	// What a sample costs with a full map (a figure for the notes, not
+	// a check: timings belong in make bench).
+	start := time.Now()
+	for range 5 {
+		if err := g.sample(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("net group sample with 4096 peers: %v each", time.Since(start)/5)
+	if len(g.peers.last) != 4096 || g.peers.overflowTx[1] == 0 {
+		t.Errorf("%d map entries and %v overflow bytes, want a full map (4096) and overflow", len(g.peers.last), g.peers.overflowTx)
+	}
+}
