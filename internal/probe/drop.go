@@ -147,11 +147,13 @@ func (g *dropGroup) collect(ch chan<- prometheus.Metric) {
 }
 
 func (g *dropGroup) summarize(s *Summary) {
-	s.Lines = append(s.Lines, dropSummary(g.byReason()))
+	if line := dropSummary(g.byReason()); line != "" {
+		s.Lines = append(s.Lines, line)
+	}
 }
 
 // dropSummary: "drops: 120 packets (NETFILTER_DROP 118, TCP_CSUM 2)",
-// the three commonest reasons.
+// the three commonest reasons; "" without drops.
 func dropSummary(by map[string]uint64) string {
 	var total uint64
 	type rc struct {
@@ -164,7 +166,7 @@ func dropSummary(by map[string]uint64) string {
 		list = append(list, rc{r, n})
 	}
 	if total == 0 {
-		return "drops: none"
+		return ""
 	}
 	sort.Slice(list, func(i, j int) bool {
 		if list[i].n != list[j].n {

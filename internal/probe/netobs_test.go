@@ -853,3 +853,31 @@ func TestNetobsPeersOverflow(t *testing.T) {
 		t.Errorf("%d map entries and %v overflow bytes, want a full map (4096) and overflow", len(g.peers.last), g.peers.overflowTx)
 	}
 }
+
+func TestNetobsSummaryLines(t *testing.T) {
+	if got := dropSummary(map[string]uint64{}); got != "" {
+		t.Errorf("no drops: %q", got)
+	}
+	got := dropSummary(map[string]uint64{"NETFILTER_DROP": 120, "TCP_CSUM": 2, "NOT_SPECIFIED": 2, "OTHERHOST": 1})
+	if want := "drops: 125 packets (NETFILTER_DROP 120, NOT_SPECIFIED 2, TCP_CSUM 2, ...)"; got != want {
+		t.Errorf("drops: %q, want %q", got, want)
+	}
+	var hist [histSlots]uint64
+	if got := dnsSummary(0, map[string]uint64{}, &hist); got != "" {
+		t.Errorf("no DNS: %q", got)
+	}
+	hist[24] = 20 // [16.8, 33.6) ms
+	got = dnsSummary(21, map[string]uint64{"NOERROR": 15, "NXDOMAIN": 5}, &hist)
+	if want := "dns: 21 queries, 20 responses, 5 failed (NXDOMAIN 5), 1 unanswered, latency p50 25.17ms p99 33.39ms"; got != want {
+		t.Errorf("dns: %q, want %q", got, want)
+	}
+	tbl := &peerTable{seen: map[netPeerKey]bool{}}
+	if got := tbl.summary(); got != "" {
+		t.Errorf("no peers: %q", got)
+	}
+	k := func(port uint16) netPeerKey { return netPeerKey{Family: 4, Proto: 6, Port: port, Addr: [4]uint32{0x0100007f}} }
+	tbl.update(map[netPeerKey]netPeerBytes{k(1): {Tx: 3 << 20}, k(2): {Rx: 1 << 20}, k(3): {Tx: 10}, k(4): {Tx: 5}}, &netNetCounters{})
+	if got, want := tbl.summary(), "peers: 4 (top by bytes: 127.0.0.1:1/tcp 3.0 MiB, 127.0.0.1:2/tcp 1.0 MiB, 127.0.0.1:3/tcp 10 B)"; got != want {
+		t.Errorf("peers: %q, want %q", got, want)
+	}
+}
