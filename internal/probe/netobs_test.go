@@ -875,7 +875,9 @@ func TestNetobsSummaryLines(t *testing.T) {
 	if got := tbl.summary(); got != "" {
 		t.Errorf("no peers: %q", got)
 	}
-	k := func(port uint16) netPeerKey { return netPeerKey{Family: 4, Proto: 6, Port: port, Addr: [4]uint32{0x0100007f}} }
+	k := func(port uint16) netPeerKey {
+		return netPeerKey{Family: 4, Proto: 6, Port: port, Addr: [4]uint32{0x0100007f}}
+	}
 	tbl.update(map[netPeerKey]netPeerBytes{k(1): {Tx: 3 << 20}, k(2): {Rx: 1 << 20}, k(3): {Tx: 10}, k(4): {Tx: 5}}, &netNetCounters{})
 	if got, want := tbl.summary(), "peers: 4 (top by bytes: 127.0.0.1:1/tcp 3.0 MiB, 127.0.0.1:2/tcp 1.0 MiB, 127.0.0.1:3/tcp 10 B)"; got != want {
 		t.Errorf("peers: %q, want %q", got, want)
