@@ -138,15 +138,14 @@ func dnsBuckets(h *[histSlots]uint64) (uint64, map[float64]uint64) {
 }
 
 func (g *dnsGroup) summarize(s *Summary) {
-	s.Lines = append(s.Lines, dnsSummary(g.last.Queries, g.byRcode(), &g.last.LatencyHist))
+	if line := dnsSummary(g.last.Queries, g.byRcode(), &g.last.LatencyHist); line != "" {
+		s.Lines = append(s.Lines, line)
+	}
 }
 
 // dnsSummary: "dns: 20 queries, 20 responses, 5 failed (NXDOMAIN 5),
-// latency p50 20.1ms p99 20.9ms".
+// latency p50 20.1ms p99 20.9ms"; "" without DNS traffic.
 func dnsSummary(queries uint64, by map[string]uint64, hist *[histSlots]uint64) string {
-	if queries == 0 {
-		return "dns: no queries (UDP port 53)"
-	}
 	var responses, failed uint64
 	var parts []string
 	for _, name := range []string{"NXDOMAIN", "SERVFAIL", "REFUSED", "FORMERR", "NOTIMP", "other"} {
@@ -158,6 +157,9 @@ func dnsSummary(queries uint64, by map[string]uint64, hist *[histSlots]uint64) s
 	for _, n := range by {
 		responses += n
 	}
+	if queries == 0 && responses == 0 {
+		return ""
+	}
 	line := fmt.Sprintf("dns: %d queries, %d responses", queries, responses)
 	if failed > 0 {
 		line += fmt.Sprintf(", %d failed (%s)", failed, strings.Join(parts, ", "))
@@ -165,7 +167,11 @@ func dnsSummary(queries uint64, by map[string]uint64, hist *[histSlots]uint64) s
 	if queries > responses {
 		line += fmt.Sprintf(", %d unanswered", queries-responses)
 	}
-	if answered := histQuantile(hist, 1); answered > 0 {
+	var matched uint64
+	for _, n := range hist {
+		matched += n
+	}
+	if matched > 0 {
 		line += fmt.Sprintf(", latency p50 %v p99 %v", histQuantile(hist, 0.50).Round(10e3), histQuantile(hist, 0.99).Round(10e3))
 	}
 	return line

@@ -20,6 +20,7 @@ type dropGroup struct {
 	objs    dropObjects
 	links   links
 	reasons []string // by value; "" for values that are no drop reason
+	args    uint32   // kfree_skb's arguments: 4 with rx_sk, else 3
 	ncpu    int
 	keys    []uint32
 	cpus    []uint64 // reused batch buffer: len(keys) * ncpu
@@ -32,7 +33,7 @@ type dropGroup struct {
 // (subsystem reasons) and values that name no drop.
 const dropOtherReason = "other"
 
-func loadDropGroup(env *loadEnv) (_ group, err error) {
+func loadDropGroup(env *loadEnv) (group, error) {
 	spec, err := loadDrop()
 	if err != nil {
 		return nil, fmt.Errorf("parse BPF objects: %w", err)
@@ -45,9 +46,35 @@ func loadDropGroup(env *loadEnv) (_ group, err error) {
 	if d == nil {
 		return nil, errors.New("kernel has no kfree_skb tracepoint with drop reasons (Linux 5.17 or later)")
 	}
-	vars := commonVariables(env.cg, l)
+	slots := len(d.Reasons) + 1
+	spec.Maps["drops"].MaxEntries = uint32(slots)
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, err
+	}
+	g := &dropGroup{reasons: d.Reasons, ncpu: ncpu, keys: make([]uint32, slots), cpus: make([]uint64, slots*ncpu), last: make([]uint64, slots)}
+	// The tracepoint has rx_sk since Linux 6.11: a program that reads
+	// the 4th argument fails to attach before (the kernel checks the
+	// context size), so it is loaded again without. Trying is cheaper
+	// than finding the tracepoint's prototype in the BTF (a scan of a
+	// third of it).
+	for _, args := range []uint32{4, 3} {
+		if err = g.load(spec, commonVariables(env.cg, l), d, args); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	g.drops = env.desc("statexec_process_network_drops_total", "Packets of the command tree's sockets that the kernel dropped, by drop reason (kfree_skb; the kernel's SKB_DROP_REASON_ names without the prefix, other for subsystem reasons).", "reason")
+	return g, nil
+}
+
+// load loads and attaches the program for a kfree_skb with args
+// arguments; on failure nothing stays loaded.
+func (g *dropGroup) load(spec *ebpf.CollectionSpec, vars map[string]any, d *dropLayout, args uint32) (err error) {
 	for name, v := range map[string]any{
-		"kfree_skb_args":  uint32(d.Args),
+		"kfree_skb_args":  args,
 		"nreasons":        uint32(len(d.Reasons)),
 		"consumed_reason": d.Consumed,
 		"off_skb_sk":      d.SkbSk,
@@ -56,28 +83,18 @@ func loadDropGroup(env *loadEnv) (_ group, err error) {
 		vars[name] = v
 	}
 	if err := setVariables(spec, vars); err != nil {
-		return nil, err
+		return err
 	}
-	slots := len(d.Reasons) + 1
-	spec.Maps["drops"].MaxEntries = uint32(slots)
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return nil, err
-	}
-	g := &dropGroup{reasons: d.Reasons, ncpu: ncpu, keys: make([]uint32, slots), cpus: make([]uint64, slots*ncpu), last: make([]uint64, slots)}
 	if err := spec.LoadAndAssign(&g.objs, nil); err != nil {
-		return nil, loadError(err)
+		return loadError(err)
 	}
-	defer func() {
-		if err != nil {
-			g.close()
-		}
-	}()
 	if err := g.links.rawTracepoint(g.objs.OnKfreeSkb, "kfree_skb"); err != nil {
-		return nil, err
+		_ = g.close()
+		g.objs = dropObjects{}
+		return err
 	}
-	g.drops = env.desc("statexec_process_network_drops_total", "Packets of the command tree's sockets that the kernel dropped, by drop reason (kfree_skb; the kernel's SKB_DROP_REASON_ names without the prefix, other for subsystem reasons).", "reason")
-	return g, nil
+	g.args = args
+	return nil
 }
 
 func (g *dropGroup) sample() error {
@@ -130,11 +147,13 @@ func (g *dropGroup) collect(ch chan<- prometheus.Metric) {
 }
 
 func (g *dropGroup) summarize(s *Summary) {
-	s.Lines = append(s.Lines, dropSummary(g.byReason()))
+	if line := dropSummary(g.byReason()); line != "" {
+		s.Lines = append(s.Lines, line)
+	}
 }
 
 // dropSummary: "drops: 120 packets (NETFILTER_DROP 118, TCP_CSUM 2)",
-// the three commonest reasons.
+// the three commonest reasons; "" without drops.
 func dropSummary(by map[string]uint64) string {
 	var total uint64
 	type rc struct {
@@ -147,7 +166,7 @@ func dropSummary(by map[string]uint64) string {
 		list = append(list, rc{r, n})
 	}
 	if total == 0 {
-		return "drops: none"
+		return ""
 	}
 	sort.Slice(list, func(i, j int) bool {
 		if list[i].n != list[j].n {

@@ -7,12 +7,10 @@ import (
 	"strings"
 )
 
-// What the "drop" group (kfree_skb) needs from the kernel BTF: the
-// tracepoint's argument count, the drop reasons' names and two offsets.
+// What the "drop" group (kfree_skb) needs from the kernel BTF: the drop
+// reasons' names and two offsets. (Whether the tracepoint has rx_sk is
+// found by trying to attach: see loadDropGroup.)
 type dropLayout struct {
-	// Args of the raw tracepoint kfree_skb: 3 with the reason (Linux
-	// 5.17 on), 4 with rx_sk (6.11 on).
-	Args int
 	// Reasons are enum skb_drop_reason's names without the
 	// SKB_DROP_REASON_ prefix, indexed by value, below
 	// SKB_DROP_REASON_MAX (len(Reasons)). Values that are no drop
@@ -25,32 +23,46 @@ type dropLayout struct {
 	SkcState uint32 // sock.__sk_common.skc_state
 }
 
+// namedType is a type to find by kind and name.
+type namedType struct {
+	name string
+	kind uint32
+}
+
 // findNamed returns, in one pass, the id of the first type of each
-// wanted kind and name (structs only when they have members).
-func (b *rawBTF) findNamed(want map[string]uint32) map[string]uint32 {
-	found := make(map[string]uint32, len(want))
+// wanted kind and name (structs only when they have members; enum
+// matches enum64 too), 0 when absent. A plain loop over a short slice:
+// ranging over a map for each of the kernel's ~100k types cost
+// milliseconds.
+func (b *rawBTF) findNamed(want []namedType) []uint32 {
+	found := make([]uint32, len(want))
+	left := len(want)
 	le := binary.LittleEndian
-	for id := uint32(1); id < uint32(len(b.offsets)) && len(found) < len(want); id++ {
+	for id := uint32(1); id < uint32(len(b.offsets)) && left > 0; id++ {
 		off := b.offsets[id]
 		info := le.Uint32(b.types[off+4:])
 		kind := (info >> 24) & 0x1f
-		if kind != btfKindStruct && kind != btfKindEnum && kind != btfKindEnum64 && kind != btfKindTypedef {
-			continue
-		}
-		if kind == btfKindStruct && info&0xffff == 0 {
+		switch kind {
+		case btfKindStruct:
+			if info&0xffff == 0 {
+				continue
+			}
+		case btfKindEnum64:
+			kind = btfKindEnum
+		case btfKindEnum:
+		default:
 			continue
 		}
 		nameOff := le.Uint32(b.types[off:])
-		for n, k := range want {
-			if _, dup := found[n]; !dup && (k == kind || k == btfKindEnum && kind == btfKindEnum64) && b.strIs(nameOff, n) {
-				found[n] = id
+		for i, w := range want {
+			if found[i] == 0 && w.kind == kind && b.strIs(nameOff, w.name) {
+				found[i] = id
+				left--
 			}
 		}
 	}
 	return found
 }
-
-const btfKindTypedef = 8
 
 // str returns the NUL-terminated string at off.
 func (b *rawBTF) str(off uint32) string {
@@ -84,40 +96,17 @@ func (b *rawBTF) enumValues(id uint32) (names []string, values []uint64) {
 	return names, values
 }
 
-// tracepointArgs is the argument count of raw tracepoint name, from its
-// typedef btf_trace_<name> (a pointer to a function whose first parameter
-// is the tracepoint's private data); 0 when absent.
-func (b *rawBTF) tracepointArgs(id uint32) int {
-	typ := id
-	for i := 0; i < maxNesting && typ != 0 && typ < uint32(len(b.offsets)); i++ {
-		kind, vlen, _, next, _ := b.header(typ)
-		switch {
-		case kind == btfKindProto:
-			return max(vlen-1, 0)
-		case kind == 2 || isModifier(kind): // pointer, typedef
-			typ = next
-		default:
-			return 0
-		}
-	}
-	return 0
-}
-
 // dropLayout finds what the drop group needs; nil when the kernel lacks
 // any of it (the group then stays off).
 func (b *rawBTF) dropLayout() *dropLayout {
 	d := &dropLayout{Consumed: -1}
-	found := b.findNamed(map[string]uint32{
-		"btf_trace_kfree_skb": btfKindTypedef,
-		"skb_drop_reason":     btfKindEnum,
-		"sk_buff":             btfKindStruct,
-		"sock":                btfKindStruct,
+	found := b.findNamed([]namedType{
+		{"skb_drop_reason", btfKindEnum},
+		{"sk_buff", btfKindStruct},
+		{"sock", btfKindStruct},
 	})
-	tp, ok1 := found["btf_trace_kfree_skb"]
-	en, ok2 := found["skb_drop_reason"]
-	skb, ok3 := found["sk_buff"]
-	sk, ok4 := found["sock"]
-	if !ok1 || !ok2 || !ok3 || !ok4 {
+	en, skb, sk := found[0], found[1], found[2]
+	if en == 0 || skb == 0 || sk == 0 {
 		return nil
 	}
 	names, values := b.enumValues(en)
@@ -159,10 +148,5 @@ func (b *rawBTF) dropLayout() *dropLayout {
 		return nil
 	}
 	d.SkcState = common + state
-	// Without the reason argument (before 5.17) there is nothing to
-	// count by.
-	if d.Args = b.tracepointArgs(tp); d.Args < 3 {
-		return nil
-	}
 	return d
 }

@@ -65,6 +65,7 @@ func FuzzParseRawBTF(f *testing.F) {
 	f.Add(seed)
 	f.Add(seed[:len(seed)/2])
 	f.Add(seed[:24])
+	f.Add(seedDropBTF(f)) // netobs: reaches the enum reader
 	f.Fuzz(func(t *testing.T, data []byte) {
 		b, err := parseRawBTF(data)
 		if err != nil {

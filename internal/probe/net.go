@@ -110,7 +110,9 @@ func (g *netGroup) collect(ch chan<- prometheus.Metric) {
 func (g *netGroup) summarize(s *Summary) {
 	s.HaveNetwork = true
 	s.SentBytes, s.ReceivedBytes = g.last.TxBytes, g.last.RxBytes
-	s.Lines = append(s.Lines, g.peers.summary())
+	if line := g.peers.summary(); line != "" {
+		s.Lines = append(s.Lines, line)
+	}
 }
 
 func (g *netGroup) close() error {

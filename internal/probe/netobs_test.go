@@ -426,7 +426,7 @@ func TestNetobsDrops(t *testing.T) {
 func TestNetobsDropsReceive(t *testing.T) {
 	s := startEBPF(t)
 	nobRequireGroup(t, s, "drop")
-	if l, err := loadKernelLayout(); err != nil || l.Drop.Args < 4 {
+	if s.group("drop").(*dropGroup).args < 4 {
 		t.Skip("kfree_skb without rx_sk (before Linux 6.11): receive drops are not attributable")
 	}
 	ns := nobNetns(t, "rcv")
@@ -792,5 +792,94 @@ func TestPeerPromotion(t *testing.T) {
 	}
 	if prev["127.0.0.1:1000/tcp"] != 1<<20 {
 		t.Errorf("named peer 0 = %d", prev["127.0.0.1:1000/tcp"])
+	}
+}
+
+// TestNetobsDropThreeArgs: the program built for kfree_skb without
+// rx_sk (Linux 5.17-6.10) passes the verifier and attaches here too, so
+// the fallback load works.
+func TestNetobsDropThreeArgs(t *testing.T) {
+	s := startEBPF(t)
+	nobRequireGroup(t, s, "drop")
+	l, err := loadKernelLayout()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := loadDrop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Maps["drops"].MaxEntries = uint32(len(l.Drop.Reasons) + 1)
+	g := &dropGroup{}
+	if err := g.load(spec, commonVariables(s.cg, l), l.Drop, 3); err != nil {
+		t.Fatalf("load with 3 arguments: %v", err)
+	}
+	if err := g.close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.group("drop").(*dropGroup).args; got != 4 {
+		t.Errorf("the session's drop group reads %d arguments, want 4 on this kernel", got)
+	}
+}
+
+// TestNetobsPeersOverflow: more peers than the BPF map holds (4096):
+// the map is read in chunks, the rest counts in the overflow, and named
+// + other still equal the network totals.
+func TestNetobsPeersOverflow(t *testing.T) {
+	s := startEBPF(t)
+	const peers, base = 5000, 20000
+	var spec []string
+	for i := 0; i < peers; i++ {
+		spec = append(spec, fmt.Sprintf("udp,127.0.0.1:%d,%d", base+i, 10+i%1000))
+	}
+	runChild(t, s, helperEnv+"=nobpeers", "HELPER_PEERS="+strings.Join(spec, ";"))
+	m := metrics(t, s)
+	named := nobPeerSums(t, m)
+	if len(named) != 2*maxNamedPeers {
+		t.Errorf("%d named series, want %d", len(named), 2*maxNamedPeers)
+	}
+	g := s.group("net").(*netGroup)
+	t.Logf("map entries %d, overflow %v bytes, other %v", len(g.peers.last), g.peers.overflowTx, m["statexec_process_network_peer_sent_bytes_total{peer=other,protocol=udp}"])
+	// What a sample costs with a full map (a figure for the notes, not
+	// a check: timings belong in make bench).
+	start := time.Now()
+	for range 5 {
+		if err := g.sample(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("net group sample with 4096 peers: %v each", time.Since(start)/5)
+	if len(g.peers.last) != 4096 || g.peers.overflowTx[1] == 0 {
+		t.Errorf("%d map entries and %v overflow bytes, want a full map (4096) and overflow", len(g.peers.last), g.peers.overflowTx)
+	}
+}
+
+func TestNetobsSummaryLines(t *testing.T) {
+	if got := dropSummary(map[string]uint64{}); got != "" {
+		t.Errorf("no drops: %q", got)
+	}
+	got := dropSummary(map[string]uint64{"NETFILTER_DROP": 120, "TCP_CSUM": 2, "NOT_SPECIFIED": 2, "OTHERHOST": 1})
+	if want := "drops: 125 packets (NETFILTER_DROP 120, NOT_SPECIFIED 2, TCP_CSUM 2, ...)"; got != want {
+		t.Errorf("drops: %q, want %q", got, want)
+	}
+	var hist [histSlots]uint64
+	if got := dnsSummary(0, map[string]uint64{}, &hist); got != "" {
+		t.Errorf("no DNS: %q", got)
+	}
+	hist[24] = 20 // [16.8, 33.6) ms
+	got = dnsSummary(21, map[string]uint64{"NOERROR": 15, "NXDOMAIN": 5}, &hist)
+	if want := "dns: 21 queries, 20 responses, 5 failed (NXDOMAIN 5), 1 unanswered, latency p50 25.17ms p99 33.39ms"; got != want {
+		t.Errorf("dns: %q, want %q", got, want)
+	}
+	tbl := &peerTable{seen: map[netPeerKey]bool{}}
+	if got := tbl.summary(); got != "" {
+		t.Errorf("no peers: %q", got)
+	}
+	k := func(port uint16) netPeerKey {
+		return netPeerKey{Family: 4, Proto: 6, Port: port, Addr: [4]uint32{0x0100007f}}
+	}
+	tbl.update(map[netPeerKey]netPeerBytes{k(1): {Tx: 3 << 20}, k(2): {Rx: 1 << 20}, k(3): {Tx: 10}, k(4): {Tx: 5}}, &netNetCounters{})
+	if got, want := tbl.summary(), "peers: 4 (top by bytes: 127.0.0.1:1/tcp 3.0 MiB, 127.0.0.1:2/tcp 1.0 MiB, 127.0.0.1:3/tcp 10 B)"; got != want {
+		t.Errorf("peers: %q, want %q", got, want)
 	}
 }

@@ -185,11 +185,12 @@ func (t *peerTable) collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// summary: "peers: 5 (top: 127.0.0.1:5201/tcp 3.0 MiB, ...)".
+// summary: "peers: 5 (top by bytes: 127.0.0.1:5201/tcp 3.0 MiB, ...)",
+// "" when the run had no TCP/UDP peer.
 func (t *peerTable) summary() string {
 	list := t.series()
 	if len(t.seen) == 0 {
-		return "peers: none"
+		return ""
 	}
 	var named []peerSeries
 	for _, s := range list {
