@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"os"
@@ -91,6 +92,8 @@ func runHostHelper(mode string) error {
 		// HELPER_COUNT reads of HELPER_BS bytes with O_DIRECT from
 		// HELPER_FILE (wrapping around), each waited for.
 		return odirectRead(os.Getenv("HELPER_FILE"), envInt("HELPER_BS", 4096), envInt("HELPER_COUNT", 1024))
+	case "steps":
+		return hostStepsHelper(envInt("HELPER_STEPS", 3), os.Getenv("HELPER_FILE"))
 	case "attach":
 		// For scripts/bench.sh: a cgroup with the perf events and the
 		// block group on it (HELPER_ATTACH=1) or nothing (0), so that a
@@ -231,4 +234,51 @@ func attachHelper(attach bool, file string) error {
 	}
 	_, err = io.Copy(io.Discard, os.Stdin)
 	return err
+}
+
+// Per-step work of the host "steps" helper: step k touches k × hostStepMB
+// of fresh memory and makes k × hostStepReads O_DIRECT reads of 4 KiB.
+const (
+	hostStepMB    = 16
+	hostStepReads = 512
+)
+
+// hostStepsHelper does the steps; after each it prints its cumulative
+// ground truth ("ru_minflt reads", minflt from getrusage) and waits for a
+// line on stdin, so that the test samples while it waits.
+func hostStepsHelper(steps int, file string) error {
+	in := bufio.NewReader(os.Stdin)
+	reads := 0
+	for k := 1; k <= steps; k++ {
+		n := k * hostStepMB << 20
+		mem, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			return err
+		}
+		if err := unix.Madvise(mem, unix.MADV_NOHUGEPAGE); err != nil {
+			return err
+		}
+		for i := 0; i < n; i += os.Getpagesize() {
+			mem[i] = 1
+		}
+		if err := unix.Munmap(mem); err != nil {
+			return err
+		}
+		if err := odirectRead(file, 4096, k*hostStepReads); err != nil {
+			return err
+		}
+		reads += k * hostStepReads
+		var ru unix.Rusage
+		if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+			return err
+		}
+		fmt.Printf("%d %d\n", ru.Minflt, reads)
+		if k == steps {
+			return nil
+		}
+		if _, err := in.ReadString('\n'); err != nil {
+			return err
+		}
+	}
+	return nil
 }

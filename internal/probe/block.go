@@ -77,6 +77,11 @@ func loadBlockGroup(env *loadEnv) (_ group, err error) {
 	}
 	// Optional: older kernels have no block_io_start.
 	g.marked = g.links.rawTracepoint(g.objs.OnBlockIoStart, "block_io_start") == nil
+	if !g.marked {
+		if err := g.objs.IssueFallback.Set(true); err != nil {
+			return nil, fmt.Errorf("set issue_fallback: %w", err)
+		}
+	}
 	g.latency = env.desc("statexec_process_disk_io_latency_seconds", "Latency of the command's block I/O requests from issue to the device to completion, by operation (read or write; eBPF block_rq_issue/complete; writeback by kernel threads is not the command's).", "op")
 	return g, nil
 }
@@ -96,6 +101,9 @@ func (g *blockGroup) sample() error {
 		}
 		sum.IssuedMarked += c.IssuedMarked
 		sum.IssuedByCgroup += c.IssuedByCgroup
+		sum.CompletedUnissued += c.CompletedUnissued
+		sum.UpdateFailed += c.UpdateFailed
+		sum.CompletedTimed += c.CompletedTimed
 	}
 	g.last = sum
 	return nil

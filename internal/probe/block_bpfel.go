@@ -14,11 +14,14 @@ import (
 )
 
 type blockBlockCounters struct {
-	_              structs.HostLayout
-	Hist           [2][36]uint64
-	SumNs          [2]uint64
-	IssuedMarked   uint64
-	IssuedByCgroup uint64
+	_                 structs.HostLayout
+	Hist              [2][36]uint64
+	SumNs             [2]uint64
+	IssuedMarked      uint64
+	IssuedByCgroup    uint64
+	CompletedUnissued uint64
+	UpdateFailed      uint64
+	CompletedTimed    uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -30,6 +33,7 @@ const (
 	blockProgOnBlockIoStart    = "on_block_io_start"
 	blockProgOnBlockRqComplete = "on_block_rq_complete"
 	blockProgOnBlockRqIssue    = "on_block_rq_issue"
+	blockVarIssueFallback      = "issue_fallback"
 	blockVarOffCgroups         = "off_cgroups"
 	blockVarOffDflCgrp         = "off_dfl_cgrp"
 	blockVarOffKn              = "off_kn"
@@ -98,6 +102,7 @@ type blockMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type blockVariableSpecs struct {
+	IssueFallback *ebpf.VariableSpec `ebpf:"issue_fallback"`
 	OffCgroups    *ebpf.VariableSpec `ebpf:"off_cgroups"`
 	OffDflCgrp    *ebpf.VariableSpec `ebpf:"off_dfl_cgrp"`
 	OffKn         *ebpf.VariableSpec `ebpf:"off_kn"`
@@ -142,6 +147,7 @@ func (m *blockMaps) Close() error {
 //
 // It can be passed to loadBlockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type blockVariables struct {
+	IssueFallback *ebpf.Variable `ebpf:"issue_fallback"`
 	OffCgroups    *ebpf.Variable `ebpf:"off_cgroups"`
 	OffDflCgrp    *ebpf.Variable `ebpf:"off_dfl_cgrp"`
 	OffKn         *ebpf.Variable `ebpf:"off_kn"`
