@@ -6,6 +6,7 @@
 package modes
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -89,11 +90,40 @@ type run struct {
 	// partyStopFirst: this sync* client started with an N-party server
 	// whose stop policy is first (see afterCommand).
 	partyStopFirst bool
+	// probeC delivers the probe session, which starts (cgroup, BPF
+	// load) while setup runs; nil once received.
+	probeC chan probeStart
+}
+
+type probeStart struct {
+	s      *probe.Session
+	err    error
+	notice []byte // the session's notice lines, printed once setup got there
+}
+
+// startProbe starts the probe session in the background: loading BPF is
+// most of statexec's start-up, and needs nothing from setup.
+func (r *run) startProbe() {
+	r.probeC = make(chan probeStart, 1)
+	mode, labels, runq := probe.Mode(r.cfg.Probes), r.constLabels(), r.cfg.RunqueueHistogram
+	go func() {
+		var notice bytes.Buffer
+		s, err := probe.Start(probe.Options{Mode: mode, Notice: &notice, ConstLabels: labels, RunqueueHistogram: runq})
+		r.probeC <- probeStart{s, err, notice.Bytes()}
+	}()
+}
+
+// waitProbe returns the session started by startProbe.
+func (r *run) waitProbe() probeStart {
+	p := <-r.probeC
+	r.probeC = nil
+	return p
 }
 
 // Run runs the invocation and returns statexec's exit code.
 func Run(inv *config.Invocation, o Options) int {
 	r := &run{inv: inv, cfg: inv.Config, o: o, stderr: o.Stderr, startFailedC: make(chan struct{})}
+	r.startProbe()
 	// Orphaned descendants of the command are reparented to statexec,
 	// which reaps them (PID 1 may not). Without it the run still works,
 	// but orphans go to PID 1 and may stay zombies: say so.
@@ -167,10 +197,12 @@ func (r *run) setup() (int, error) {
 	for _, c := range host.Collectors(context.Background(), labels) {
 		reg.MustRegister(c)
 	}
-	r.probe, err = probe.Start(probe.Options{Mode: probe.Mode(r.cfg.Probes), Notice: r.stderr, ConstLabels: labels, RunqueueHistogram: r.cfg.RunqueueHistogram})
-	if err != nil {
-		return ExitUsage, fmt.Errorf("probes: %w", err)
+	ps := r.waitProbe()
+	r.stderr.Write(ps.notice)
+	if ps.err != nil {
+		return ExitUsage, fmt.Errorf("probes: %w", ps.err)
 	}
+	r.probe = ps.s
 	reg.MustRegister(r.probe.Collector())
 	if err := r.listen(); err != nil {
 		return ExitUsage, err
@@ -457,12 +489,11 @@ func (r *run) finish(code int) int {
 		r.srv.Shutdown(ctx)
 		cancel()
 	}
-	// Ignore further signals while the file is written: it must be
-	// complete. (SIGKILL still ends statexec; the spool then remains.)
-	r.points = r.st.Points()
-	writeErr := r.st.WriteFile(r.cfg.MetricsFile, formatOf(r.cfg.Format))
+	// The probes are done (the last sample is taken): detach BPF and
+	// remove the cgroup before the file is written, so that programs on
+	// host-wide hooks do not run during the export. It also kills what
+	// is left of the command's tree.
 	summary := r.probe.Summary()
-	// Kills what is left of the command's tree and removes its cgroup.
 	if err := r.probe.Close(); err != nil {
 		r.errorf("%v", err)
 	}
@@ -470,7 +501,12 @@ func (r *run) finish(code int) int {
 	if r.child != nil {
 		reapRemaining(200 * time.Millisecond)
 	}
-	// After the command's leftovers are gone: the flush may wait.
+	// Ignore further signals while the file is written: it must be
+	// complete. (SIGKILL still ends statexec; the spool then remains.)
+	r.points = r.st.Points()
+	writeErr := r.st.WriteFile(r.cfg.MetricsFile, formatOf(r.cfg.Format))
+	// After the file is written and the command's leftovers are gone:
+	// the flush may wait.
 	pushErr := r.finishRemoteWrite()
 	if writeErr != nil {
 		r.st.Close()
@@ -513,6 +549,13 @@ func (r *run) cleanup() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		r.srv.Shutdown(ctx)
 		cancel()
+	}
+	if r.probeC != nil {
+		// Setup failed before it needed the probes: nothing of them
+		// is shown, and what they made is undone.
+		if ps := r.waitProbe(); ps.s != nil {
+			r.probe = ps.s
+		}
 	}
 	if r.probe != nil {
 		if err := r.probe.Close(); err != nil {

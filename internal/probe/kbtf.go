@@ -90,7 +90,9 @@ type rawBTF struct {
 	offsets []uint32 // type id -> offset in types (id 0 is void)
 }
 
-func loadKernelLayout() (kernelLayout, error) {
+// scanKernelLayout scans the running kernel's BTF (loadKernelLayout, in
+// kbtfcache.go, keeps its result per kernel build).
+func scanKernelLayout() (kernelLayout, error) {
 	// mmap, not read: sysfs copies the 5+ MB in small chunks.
 	f, err := os.Open("/sys/kernel/btf/vmlinux")
 	if err != nil {

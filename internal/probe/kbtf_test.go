@@ -10,7 +10,7 @@ import (
 // TestKernelLayout checks the quick BTF scan against cilium/ebpf's full
 // decoder of the kernel BTF.
 func TestKernelLayout(t *testing.T) {
-	got, err := loadKernelLayout()
+	got, err := scanKernelLayout()
 	if errors.Is(err, errNoKernelBTF) {
 		t.Skipf("kernel without BTF: %v", err)
 	}
