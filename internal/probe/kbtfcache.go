@@ -76,16 +76,34 @@ func layoutKey(btfPath string) (string, error) {
 		}
 		fmt.Fprintf(h, "%s %q\n", f, b)
 	}
-	t := reflect.TypeFor[kernelLayout]()
+	if err := writeShape(h, reflect.TypeFor[kernelLayout](), "kernelLayout", 0); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeShape writes the fields of struct type t, and of the structs its
+// fields point to (a group's own layout, e.g. dropLayout), to w: a new
+// field anywhere changes the cache key.
+func writeShape(w io.Writer, t reflect.Type, name string, depth int) error {
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || depth > 4 {
+		return nil
+	}
 	for i := range t.NumField() {
 		f := t.Field(i)
 		if !f.IsExported() {
 			// JSON would drop it: such a layout is not cached.
-			return "", fmt.Errorf("kernelLayout.%s is not exported", f.Name)
+			return fmt.Errorf("%s.%s is not exported", name, f.Name)
 		}
-		fmt.Fprintf(h, "field %s %s %d\n", f.Name, f.Type, f.Offset)
+		fmt.Fprintf(w, "field %s.%s %s %d\n", name, f.Name, f.Type, f.Offset)
+		if err := writeShape(w, f.Type, name+"."+f.Name, depth+1); err != nil {
+			return err
+		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return nil
 }
 
 // readLayoutCache reads the cache, trusting it only when the directory

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
@@ -32,7 +33,7 @@ func TestLayoutCacheMatchesScan(t *testing.T) {
 	scan := func() (kernelLayout, error) { scans++; return scanKernelLayout() }
 	for i := range 3 {
 		got, err := cachedKernelLayout(dir, kernelBTF, scan)
-		if err != nil || got != want {
+		if err != nil || !reflect.DeepEqual(got, want) {
 			t.Fatalf("run %d: %+v, %v; want %+v", i, got, err, want)
 		}
 	}
@@ -83,11 +84,11 @@ func TestLayoutCacheDistrusted(t *testing.T) {
 			if err := writeLayoutCache(dir, key, fake); err != nil {
 				t.Fatal(err)
 			}
-			if got, _ := cachedKernelLayout(dir, kernelBTF, scan); got != fake {
+			if got, _ := cachedKernelLayout(dir, kernelBTF, scan); !reflect.DeepEqual(got, fake) {
 				t.Fatalf("a good cache was not used: %+v", got)
 			}
 			spoil(t, dir, filepath.Join(dir, layoutCacheFile))
-			if got, err := cachedKernelLayout(dir, kernelBTF, scan); err != nil || got != scanned {
+			if got, err := cachedKernelLayout(dir, kernelBTF, scan); err != nil || !reflect.DeepEqual(got, scanned) {
 				t.Errorf("got %+v, %v; want the scan's %+v", got, err, scanned)
 			}
 		})
