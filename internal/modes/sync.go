@@ -243,6 +243,16 @@ func (r *run) send(action string) (time.Time, error) {
 		select {
 		case sig := <-r.signals:
 			caught <- sig
+			if action == "stop" {
+				// The command has run: a /stop in flight (it takes
+				// milliseconds) is let finish, so that the server is
+				// stopped and the signal then ends the wait after the
+				// command; a server that does not answer is given up.
+				select {
+				case <-done:
+				case <-time.After(stopGraceOnSignal):
+				}
+			}
 			cancel()
 		case <-done:
 		}
@@ -263,7 +273,9 @@ func (r *run) send(action string) (time.Time, error) {
 	}
 	close(done)
 	if sig, ok := <-caught; ok {
-		if err == nil {
+		if err == nil || action == "stop" {
+			// The signal is for the next phase (after /stop: the wait
+			// after the command, which it ends).
 			select {
 			case r.signals <- sig: // for the next phase
 			default: // full: other signals are waiting anyway
@@ -294,6 +306,10 @@ func (r *run) afterCommand(code int) int {
 	}
 	return code
 }
+
+// stopGraceOnSignal is how long a /stop in flight may finish after a
+// signal came.
+const stopGraceOnSignal = time.Second
 
 // partyStopTimeout bounds a /stop to an N-party server whose policy is
 // first: it is gone if another party stopped it before.
