@@ -354,7 +354,9 @@ func (r *run) phases() int {
 		}
 	}
 	code := r.wait()
-	r.status.Set(statusDone)
+	// Under the sampler's lock: a tick whose timestamp was taken before
+	// the command ended must not read "done".
+	r.smp.Between(func() { r.status.Set(statusDone) })
 	r.smp.Sample()
 	r.probe.CommandEnded()
 	if r.srv != nil {
@@ -417,7 +419,9 @@ func (r *run) forkCommand(runAt time.Time) (*child, error) {
 // commandStarted records that the command runs.
 func (r *run) commandStarted(c *child) {
 	r.child = c
-	r.status.Set(statusRunning)
+	// A tick that took its timestamp before the release must not read
+	// "running" (it would put the start before the origin).
+	r.smp.Between(func() { r.status.Set(statusRunning) })
 	r.probe.CommandStarted(c.pid)
 	r.smp.SampleAt(c.started)
 }

@@ -56,7 +56,7 @@ func TestPerfFaults(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, mode Mode, s *Session) {
 		const mb = 256
 		touchFile := filepath.Join(t.TempDir(), "touch-faults")
-		ps := runHostChild(t, s, "touch", "HELPER_MB="+strconv.Itoa(mb), "HELPER_FILE="+touchFile)
+		ps := runHostChild(t, s, "touch", "HELPER_MB="+strconv.Itoa(mb), "HELPER_FAULTS_FILE="+touchFile)
 		b, err := os.ReadFile(touchFile)
 		if err != nil {
 			t.Fatal(err)

@@ -150,6 +150,15 @@ func (s *Sampler) SampleAt(at time.Time) {
 	s.lastTs = ts
 }
 
+// Between runs f with no sample in progress: a change f makes (the
+// command's status, say) is then seen by no sample whose timestamp was
+// taken before it.
+func (s *Sampler) Between(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f()
+}
+
 // Sync moves the time origin to the instant at (the sync instant of the
 // wait* and sync* modes): later samples are timed from at, and those
 // already stored move by the same amount, so that they keep their true
