@@ -151,6 +151,24 @@ func createCgroup() (*cgroup, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Another run's CleanStale may take the lock of the fresh, still
+	// unlocked directory (and remove it) before this run locks it: then
+	// this run tries again under a new name.
+	for range 5 {
+		var cg *cgroup
+		if cg, err = makeCgroupDir(mount); !errors.Is(err, errLostToCleanup) {
+			return cg, err
+		}
+	}
+	return nil, err
+}
+
+// errLostToCleanup: a concurrent CleanStale took the fresh directory.
+var errLostToCleanup = errors.New("taken by a concurrent cleanup")
+
+// makeCgroupDir makes and locks a directory of a new name under the
+// first parent that allows it.
+func makeCgroupDir(mount string) (*cgroup, error) {
 	var rnd [4]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, err
@@ -187,11 +205,14 @@ func createCgroup() (*cgroup, error) {
 // longer names the directory, and this run must not use it.
 func (c *cgroup) lock() error {
 	if err := unix.Flock(c.fd(), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("lock %s: %w", c.path, errLostToCleanup)
+		}
 		return fmt.Errorf("lock %s: %w", c.path, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(c.path, &st); err != nil || st.Ino != c.id {
-		return fmt.Errorf("lock %s: removed by a concurrent cleanup", c.path)
+		return fmt.Errorf("lock %s: %w", c.path, errLostToCleanup)
 	}
 	return nil
 }
