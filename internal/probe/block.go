@@ -5,7 +5,6 @@ package probe
 import (
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -113,48 +112,9 @@ func (g *blockGroup) describe(ch chan<- *prometheus.Desc) { ch <- g.latency }
 
 func (g *blockGroup) collect(ch chan<- prometheus.Metric) {
 	for op, name := range blockOps {
-		count, buckets := blockBuckets(&g.last.Hist[op])
+		count, buckets := log2Buckets(g.last.Hist[op][:], blockMinLeLog2, blockMaxLeLog2)
 		ch <- prometheus.MustNewConstHistogram(g.latency, count, float64(g.last.SumNs[op])/1e9, buckets, name)
 	}
-}
-
-// blockBuckets turns the log2 slots into cumulative Prometheus buckets.
-func blockBuckets(h *[blockHistSlots]uint64) (uint64, map[float64]uint64) {
-	buckets := make(map[float64]uint64, blockMaxLeLog2-blockMinLeLog2+1)
-	var cum uint64
-	for k, n := range h {
-		cum += n
-		if e := k + 1; e >= blockMinLeLog2 && e <= blockMaxLeLog2 {
-			buckets[math.Ldexp(1, e)/1e9] = cum
-		}
-	}
-	return cum, buckets
-}
-
-// blockQuantile estimates a quantile like histQuantile, for the wider
-// block histogram.
-func blockQuantile(h *[blockHistSlots]uint64, q float64) time.Duration {
-	var total uint64
-	for _, n := range h {
-		total += n
-	}
-	if total == 0 {
-		return 0
-	}
-	rank := q * float64(total)
-	var cum float64
-	for k, n := range h {
-		if n == 0 {
-			continue
-		}
-		if cum+float64(n) >= rank {
-			lo := float64(uint64(1) << k)
-			hi := float64(uint64(1) << (k + 1))
-			return time.Duration(lo + (hi-lo)*(rank-cum)/float64(n))
-		}
-		cum += float64(n)
-	}
-	return time.Duration(uint64(1) << blockHistSlots)
 }
 
 func (g *blockGroup) summarize(s *Summary) {
@@ -168,7 +128,7 @@ func (g *blockGroup) summarize(s *Summary) {
 			continue
 		}
 		s.Lines = append(s.Lines, fmt.Sprintf("disk %s latency: p50 %v, p99 %v (%d requests)", name,
-			blockQuantile(h, 0.50).Round(time.Microsecond), blockQuantile(h, 0.99).Round(time.Microsecond), n))
+			log2Quantile(h[:], 0.50).Round(time.Microsecond), log2Quantile(h[:], 0.99).Round(time.Microsecond), n))
 	}
 }
 

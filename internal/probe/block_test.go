@@ -45,13 +45,13 @@ func TestBlockQuantile(t *testing.T) {
 	var h [blockHistSlots]uint64
 	h[20] = 99 // [1.048576 ms, 2.097152 ms)
 	h[30] = 1  // ~1.07 s
-	if got := blockQuantile(&h, 0.5); got < time.Duration(1<<20) || got >= time.Duration(1<<21) {
+	if got := log2Quantile(h[:], 0.5); got < time.Duration(1<<20) || got >= time.Duration(1<<21) {
 		t.Errorf("p50 = %v, want in [2^20, 2^21) ns", got)
 	}
-	if got := blockQuantile(&h, 0.999); got < time.Duration(1<<30) {
+	if got := log2Quantile(h[:], 0.999); got < time.Duration(1<<30) {
 		t.Errorf("p99.9 = %v, want >= 2^30 ns", got)
 	}
-	count, buckets := blockBuckets(&h)
+	count, buckets := log2Buckets(h[:], blockMinLeLog2, blockMaxLeLog2)
 	if count != 100 || buckets[float64(1<<21)/1e9] != 99 || buckets[float64(int64(1)<<35)/1e9] != 100 {
 		t.Errorf("buckets: count %d, %v", count, buckets)
 	}

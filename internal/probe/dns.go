@@ -5,7 +5,6 @@ package probe
 import (
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -119,22 +118,8 @@ func (g *dnsGroup) collect(ch chan<- prometheus.Metric) {
 	for rcode, n := range g.byRcode() {
 		counter(ch, g.responses, float64(n), rcode)
 	}
-	count, buckets := dnsBuckets(&b.LatencyHist)
+	count, buckets := log2Buckets(b.LatencyHist[:], dnsMinLeLog2, min(dnsMaxLeLog2, len(b.LatencyHist)-1)) // the last slot has no end
 	ch <- prometheus.MustNewConstHistogram(g.latency, count, float64(b.LatencyNs)/1e9, buckets)
-}
-
-// dnsBuckets turns the log2 slots into cumulative Prometheus buckets.
-func dnsBuckets(h *[histSlots]uint64) (uint64, map[float64]uint64) {
-	buckets := make(map[float64]uint64, dnsMaxLeLog2-dnsMinLeLog2+1)
-	var cum uint64
-	for k, n := range h {
-		cum += n
-		// Slot k ends at 2^(k+1) ns; the last slot has no end.
-		if e := k + 1; e >= dnsMinLeLog2 && e <= dnsMaxLeLog2 && k < len(h)-1 {
-			buckets[math.Ldexp(1, e)/1e9] = cum
-		}
-	}
-	return cum, buckets
 }
 
 func (g *dnsGroup) summarize(s *Summary) {

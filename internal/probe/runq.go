@@ -5,7 +5,6 @@ package probe
 import (
 	"errors"
 	"fmt"
-	"math"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -90,7 +89,7 @@ func (g *runqGroup) sample() error {
 func (g *runqGroup) describe(ch chan<- *prometheus.Desc) { ch <- g.latency }
 
 func (g *runqGroup) collect(ch chan<- prometheus.Metric) {
-	count, buckets := runqBuckets(&g.last.Hist)
+	count, buckets := log2Buckets(g.last.Hist[:], minLeLog2, maxLeLog2)
 	ch <- prometheus.MustNewConstHistogram(g.latency, count, float64(g.last.WaitNs)/1e9, buckets)
 }
 
@@ -103,18 +102,4 @@ func (g *runqGroup) summarize(s *Summary) {
 func (g *runqGroup) close() error {
 	err := g.links.close()
 	return errors.Join(err, g.objs.Close())
-}
-
-// runqBuckets turns the log2 slots into cumulative Prometheus buckets.
-func runqBuckets(h *[histSlots]uint64) (uint64, map[float64]uint64) {
-	buckets := make(map[float64]uint64, maxLeLog2-minLeLog2+1)
-	var cum uint64
-	for k, n := range h {
-		cum += n
-		// Slot k ends at 2^(k+1) ns.
-		if e := k + 1; e >= minLeLog2 && e <= maxLeLog2 {
-			buckets[math.Ldexp(1, e)/1e9] = cum
-		}
-	}
-	return cum, buckets
 }

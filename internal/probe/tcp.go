@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"net/netip"
 	"strings"
 	"time"
@@ -233,44 +232,4 @@ func (p *tcpTcpPeer) String() string {
 func (g *tcpGroup) close() error {
 	err := g.links.close()
 	return errors.Join(err, g.objs.Close())
-}
-
-// log2Buckets turns log2 ns slots ([2^k, 2^(k+1))) into cumulative
-// Prometheus buckets with "le" from 2^minLe to 2^maxLe ns: slots below
-// fold into the first bucket, slots from 2^maxLe on into +Inf.
-func log2Buckets(h []uint64, minLe, maxLe int) (uint64, map[float64]uint64) {
-	buckets := make(map[float64]uint64, maxLe-minLe+1)
-	var cum uint64
-	for k, n := range h {
-		cum += n
-		if e := k + 1; e >= minLe && e <= maxLe {
-			buckets[math.Ldexp(1, e)/1e9] = cum
-		}
-	}
-	return cum, buckets
-}
-
-// log2Quantile estimates a quantile of log2 ns slots, linear inside a
-// slot like histogram_quantile.
-func log2Quantile(h []uint64, q float64) time.Duration {
-	var total uint64
-	for _, n := range h {
-		total += n
-	}
-	if total == 0 {
-		return 0
-	}
-	rank := q * float64(total)
-	var cum float64
-	for k, n := range h {
-		if n == 0 {
-			continue
-		}
-		if cum+float64(n) >= rank {
-			lo := math.Ldexp(1, k)
-			return time.Duration(lo + lo*(rank-cum)/float64(n))
-		}
-		cum += float64(n)
-	}
-	return time.Duration(math.Ldexp(1, len(h)))
 }
