@@ -49,9 +49,11 @@ static __always_inline bool full_sk_in_target(void *sk)
 // socket lookup) or rx_sk (the receiving socket the kernel passes since
 // 6.11 where skb->sk is not set), never the current task.
 SEC("raw_tp/kfree_skb")
-int on_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
+// ctx: skb, location, reason[, rx_sk] as plain u64s, not vmlinux.h's
+// bpf_raw_tracepoint_args, whose member access is a CO-RE relocation.
+int on_kfree_skb(__u64 *ctx)
 {
-	__u64 reason = ctx->args[2];
+	__u64 reason = ctx[2];
 	void *sk = 0;
 	bool mine;
 	__u32 slot;
@@ -61,12 +63,12 @@ int on_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
 	// still pass SKB_CONSUMED here. It is no drop.
 	if ((__s64)reason == consumed_reason)
 		return 0;
-	bpf_probe_read_kernel(&sk, sizeof(sk), (char *)ctx->args[0] + off_skb_sk);
+	bpf_probe_read_kernel(&sk, sizeof(sk), (char *)ctx[0] + off_skb_sk);
 	mine = full_sk_in_target(sk);
 	// A constant: with 3 args the verifier never sees args[3] (reading
 	// it would make the attach fail).
 	if (!mine && kfree_skb_args >= 4)
-		mine = full_sk_in_target((void *)ctx->args[3]);
+		mine = full_sk_in_target((void *)ctx[3]);
 	if (!mine)
 		return 0;
 	slot = reason < nreasons ? (__u32)reason : nreasons;

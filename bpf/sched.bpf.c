@@ -101,6 +101,14 @@ struct {
 	__type(value, struct exit_entry);
 } exited SEC(".maps");
 
+// bpf_pidns_info's layout (UAPI), declared here: a member access of
+// vmlinux.h's copy is a CO-RE relocation, and one relocation makes the
+// loader decode the whole kernel BTF (~15 ms and several MiB a run).
+struct pidns_info {
+	__u32 pid;
+	__u32 tgid;
+};
+
 static __always_inline struct sched_counters *get_counters(void)
 {
 	__u32 zero = 0;
@@ -151,8 +159,8 @@ int on_sched_process_exit(__u64 *ctx)
 
 	e.task = (__u64)task;
 	e.thread = !leader;
-	struct bpf_pidns_info ns = {};
-	if (!bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino, &ns, sizeof(ns)))
+	struct pidns_info ns = {};
+	if (!bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino, (void *)&ns, sizeof(ns)))
 		e.ns_tid = ns.pid;
 	e.cpu_ns = FIELD(__u64, task, off_sum_exec_runtime);
 	e.nvcsw = FIELD(unsigned long, task, off_nvcsw);

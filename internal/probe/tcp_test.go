@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/btf"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
@@ -728,23 +727,6 @@ func TestTCPConnectionsGauge(t *testing.T) {
 				t.Errorf("%v sockets still counted after the command closed its connection and exited: %v", live, m)
 			}
 		})
-	}
-}
-
-// TestTCPObjectHasNoCORE: the tcp object must load without the kernel's
-// whole BTF being decoded (20-40 ms a run): no CO-RE relocation. A
-// vmlinux.h member access (bpf_sock_ops, tracepoint args) would make one.
-func TestTCPObjectHasNoCORE(t *testing.T) {
-	spec, err := loadTcp()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, prog := range spec.Programs {
-		for i := range prog.Instructions {
-			if r := btf.CORERelocationMetadata(&prog.Instructions[i]); r != nil {
-				t.Errorf("%s: CO-RE relocation at instruction %d: %v", name, i, r)
-			}
-		}
 	}
 }
 
