@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mb=${1:-100}
 bin=bin/statexec
-go build -o "$bin" .
+CGO_ENABLED=0 go build -o "$bin" . # as make build
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 

@@ -56,7 +56,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-go build -o "$BIN" .
+CGO_ENABLED=0 go build -o "$BIN" . # as make build
 
 have() { command -v "$1" >/dev/null; }
 
