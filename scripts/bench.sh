@@ -33,6 +33,7 @@
 # are also the RSS runs), PIPE_LOOPS, TRUE_RUNS (runs of `true` per side
 # of a pair), IPERF_SECS, TICKS (BenchmarkTick iterations), RW_SECS (part
 # 5), DROP_SENDS (part 6), DIRECT_READS and DIRECT_DIR (part 7).
+# PARTS (default "0 1 2 3 4 5 6 7") runs only the parts listed.
 # Figures from a machine that other work keeps busy are not figures: look
 # at the spread before quoting a median.
 set -euo pipefail
@@ -59,6 +60,10 @@ trap cleanup EXIT
 CGO_ENABLED=0 go build -o "$BIN" . # as make build
 
 have() { command -v "$1" >/dev/null; }
+
+PARTS=${PARTS:-0 1 2 3 4 5 6 7}
+# part N: whether part N is to run (PARTS).
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 # se MODE CMD... runs CMD under statexec with the given probes backend.
 # MODE ebpf-runq is the eBPF backend with the opt-in run-queue histogram
@@ -160,8 +165,8 @@ samples_between() {
 }
 
 # 0. one tick in-process (root: the probe's cgroup and BPF).
-echo "== 0. BenchmarkTick ($TICKS ticks: host collectors + probe with sh and two sleeps in its cgroup + spool append)"
-go test -count=1 -run '^$' -bench BenchmarkTick -benchtime "${TICKS}x" ./internal/sampler/ 2>&1 |
+part 0 && echo "== 0. BenchmarkTick ($TICKS ticks: host collectors + probe with sh and two sleeps in its cgroup + spool append)"
+part 0 && go test -count=1 -run '^$' -bench BenchmarkTick -benchtime "${TICKS}x" ./internal/sampler/ 2>&1 |
 	awk '/^BenchmarkTick/ { printf "  %-28s %8.0f ns/op  %8.0f CPU ns/op  %6d B/op  %5d allocs/op\n", $1, $3, $5, $7, $9 }
 		/SKIP|skip/ { print "  " $0 }'
 
@@ -272,12 +277,14 @@ per_sample_cost() {
 		fi
 	done
 }
-per_sample_cost 1s "$CPU_SECS_1S" 1s
-per_sample_cost 100ms "$CPU_SECS_100MS" 100ms
+if part 1; then
+	per_sample_cost 1s "$CPU_SECS_1S" 1s
+	per_sample_cost 100ms "$CPU_SECS_100MS" 100ms
+fi
 
 # 2. perf bench sched pipe, pinned: both tasks on one CPU, since where the
 # scheduler places them changes the result by more than the probes do.
-if have perf; then
+if part 2 && have perf; then
 	echo "== 2. perf bench sched pipe -l $PIPE_LOOPS on CPU $PIN_CPU (usecs/op; $ROUNDS pairs)"
 	pipe() { "$@" taskset -c "$PIN_CPU" perf bench sched pipe -l "$PIPE_LOOPS" 2>/dev/null | awk '/usecs\/op/ { print $1 }'; }
 	# The default groups run no program per context switch; the opt-in
@@ -287,12 +294,12 @@ if have perf; then
 	paired pipe usecs/op "under statexec(%s)" slowdown
 	for m in "${MODES[@]}"; do target "sched pipe slowdown, $m" "$TMP/pipe-ratio-$m" 1.02 x; done
 	MODES=("${saved_modes[@]}")
-else
+elif part 2; then
 	echo "== 2. skipped: perf not installed (apt-get install linux-perf)"
 fi
 
 # 3. wall time added to a command that does nothing.
-if have hyperfine; then
+if part 3 && have hyperfine; then
 	echo "== 3. wall time of exec true vs true ($TRUE_RUNS runs a side, $ROUNDS pairs)"
 	# mean_ms CMD...: mean wall time over TRUE_RUNS runs, without a shell.
 	mean_ms() {
@@ -320,12 +327,12 @@ if have hyperfine; then
 		if [[ $m == ebpf ]]; then limit=9; fi
 		target "wall added to exec true, $m" "$TMP/true-added-$m" "$limit" ms
 	done
-else
+elif part 3; then
 	echo "== 3. skipped: hyperfine not installed"
 fi
 
 # 4. iperf3 loopback throughput (no target: a ratio of 1 within the spread).
-if have iperf3; then
+if part 4 && have iperf3; then
 	echo "== 4. iperf3 loopback, ${IPERF_SECS}s a run (Gbit/s received; $ROUNDS pairs)"
 	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 	# Server and client on different CPUs (when there are two).
@@ -346,7 +353,7 @@ if have iperf3; then
 		echo "  eBPF groups on in these runs: $(grep -o '^statexec_probe_group_enabled{group="[a-z]*"[^}]*} 1' "$TMP/metrics-ebpf.txt" |
 			sed 's/.*group="\([a-z]*\)".*/\1/' | sort -u | tr '\n' ' ')"
 	fi
-else
+elif part 4; then
 	echo "== 4. skipped: iperf3 not installed"
 fi
 
@@ -356,7 +363,7 @@ fi
 # SE_REMOTE_WRITE_URL minus without, per pair, over the steady window of
 # part 1. Then `statexec push` of that run's file: samples per second.
 RW_SECS=${RW_SECS:-8}
-if have victoria-metrics; then
+if part 5 && have victoria-metrics; then
 	m=${MODES[${#MODES[@]} - 1]}
 	echo "== 5. remote write at SE_INTERVAL=10ms, statexec($m), exec sleep $RW_SECS, to a local VictoriaMetrics ($ROUNDS pairs)"
 	vmport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -409,7 +416,7 @@ if have victoria-metrics; then
 		awk -v n="$n" -v d="$((t1 - t0))" 'BEGIN { printf "%.6g\n", n / (d / 1e9) }' >>"$TMP/push-rate"
 	done
 	row "statexec push of that file ($n samples)" "$TMP/push-rate" samples/s
-else
+elif part 5; then
 	echo "== 5. skipped: victoria-metrics not installed"
 fi
 
@@ -426,7 +433,7 @@ fi
 # program's own run time per drop from the kernel's BPF statistics
 # (BenchmarkNetobsDropHook).
 DROP_SENDS=${DROP_SENDS:-50000}
-if [[ ${MODES[*]} == *ebpf* ]] && have nft && have nsenter && have ip; then
+if part 6 && [[ ${MODES[*]} == *ebpf* ]] && have nft && have nsenter && have ip; then
 	echo "== 6. drop hook: ns per dropped UDP send on CPU $PIN_CPU ($DROP_SENDS sends; $ROUNDS pairs)"
 	(
 		ns=nobbench$$
@@ -494,7 +501,7 @@ PY
 			if [[ -s $TMP/hook-$h ]]; then row "  $h (net: counters + peer; dns: port 53 check)" "$TMP/hook-$h" ns; fi
 		done
 	)
-else
+elif part 6; then
 	echo "== 6. skipped: needs the eBPF backend, nft, nsenter and ip"
 fi
 
@@ -507,7 +514,7 @@ fi
 # cgroup perf events cost at each switch), and an O_DIRECT read loop of
 # 4 KiB blocks from a file on a real disk (dd iflag=direct: one request
 # per read). Knobs: DIRECT_READS, DIRECT_DIR (not tmpfs).
-if [[ $(id -u) -eq 0 ]] && have perf; then
+if part 7 && [[ $(id -u) -eq 0 ]] && have perf; then
 	DIRECT_READS=${DIRECT_READS:-8192}
 	DIRECT_DIR=${DIRECT_DIR:-/var/tmp}
 	echo "== 7. perf events + block tracepoints on the cgroup vs a bare cgroup ($ROUNDS pairs)"
@@ -543,7 +550,7 @@ if [[ $(id -u) -eq 0 ]] && have perf; then
 	row "O_DIRECT ${DIRECT_READS}x4KiB, bare cgroup" "$TMP/direct6-0" s
 	row "O_DIRECT, perf+block on" "$TMP/direct6-1" s
 	row "  slowdown, per pair" "$TMP/direct6-ratio" x
-else
+elif part 7; then
 	echo "== 7. skipped: needs root and perf"
 fi
 
