@@ -58,6 +58,8 @@ struct {
 // The run's requests in flight, by request pointer: 0 while created but
 // not issued, then the issue time. LRU: an entry whose completion was
 // never seen (a request merged away after creation) cannot fill it.
+// The loader sizes it from the host's block queues (blockInflightSize:
+// an LRU map is preallocated, and 16384 entries took ~3 ms a run).
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);

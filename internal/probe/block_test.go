@@ -1,6 +1,8 @@
 package probe
 
 import (
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -54,5 +56,47 @@ func TestBlockQuantile(t *testing.T) {
 	count, buckets := log2Buckets(h[:], blockMinLeLog2, blockMaxLeLog2)
 	if count != 100 || buckets[float64(1<<21)/1e9] != 99 || buckets[float64(int64(1)<<35)/1e9] != 100 {
 		t.Errorf("buckets: count %d, %v", count, buckets)
+	}
+}
+
+// TestBlockInflightSize: twice the requests the queues can hold, within
+// the bounds; a device without a queue (zram) or unreadable counts 0.
+func TestBlockInflightSize(t *testing.T) {
+	dir := t.TempDir()
+	dev := func(name, nr string, hwq int) {
+		q := filepath.Join(dir, name, "queue")
+		if err := os.MkdirAll(q, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if nr != "" {
+			if err := os.WriteFile(filepath.Join(q, "nr_requests"), []byte(nr+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range hwq {
+			if err := os.MkdirAll(filepath.Join(dir, name, "mq", strconv.Itoa(i)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := blockInflightSize(dir); got != 1024 {
+		t.Errorf("no devices: %d, want the floor 1024", got)
+	}
+	dev("vda", "256", 1)
+	dev("zram0", "", 0)
+	dev("loop0", "128", 1)
+	if got := blockInflightSize(dir); got != 1024 {
+		t.Errorf("384 requests: %d, want the floor 1024", got)
+	}
+	dev("nvme0n1", "1023", 8) // 8 hardware queues of 1023
+	if got, want := blockInflightSize(dir), uint32(2*(256+128+1023*8)); got != want {
+		t.Errorf("with nvme: %d, want %d", got, want)
+	}
+	dev("nvme1n1", "1023", 64)
+	if got := blockInflightSize(dir); got != 65536 {
+		t.Errorf("huge: %d, want the ceiling 65536", got)
+	}
+	if got := blockInflightSize(filepath.Join(dir, "missing")); got != 16384 {
+		t.Errorf("no /sys/block: %d, want 16384", got)
 	}
 }
