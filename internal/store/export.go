@@ -90,7 +90,10 @@ func (s *Store) WriteFile(path string, format Format) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	bw := bufio.NewWriterSize(tmp, 256<<10)
+	// 64 KiB: writes of that size cost no more per byte than larger
+	// ones, and a short run's export does not fault in a buffer four
+	// times the size of its file.
+	bw := bufio.NewWriterSize(tmp, 64<<10)
 	// Sort in the output's directory: the spool's may be the full one.
 	if err = s.export(bw, format, filepath.Dir(path)); err != nil {
 		return err
