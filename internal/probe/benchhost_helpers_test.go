@@ -106,10 +106,12 @@ func runHostHelper(mode string) error {
 		return hostStepsHelper(envInt("HELPER_STEPS", 3), os.Getenv("HELPER_FILE"))
 	case "attach":
 		// For scripts/bench.sh: a cgroup with the perf events and the
-		// block group on it (HELPER_ATTACH=1) or nothing (0), so that a
+		// block group on it (HELPER_ATTACH=1; "perf" or "block" for one
+		// of them) or nothing (0), so that a
 		// workload run in it measures only what they add. Writes the
 		// cgroup path to HELPER_FILE, holds until stdin closes.
-		return attachHelper(os.Getenv("HELPER_ATTACH") == "1", os.Getenv("HELPER_FILE"))
+		a := os.Getenv("HELPER_ATTACH")
+		return attachHelper(a == "1" || a == "perf", a == "1" || a == "block", os.Getenv("HELPER_FILE"))
 	default:
 		return fmt.Errorf("unknown host helper %q", mode)
 	}
@@ -217,21 +219,23 @@ func schedstatDelay(t testing.TB, path string) time.Duration {
 	return time.Duration(d)
 }
 
-func attachHelper(attach bool, file string) error {
+func attachHelper(perf, block bool, file string) error {
 	cg, err := createCgroup()
 	if err != nil {
 		return err
 	}
 	defer cg.remove()
-	if attach {
-		desc := func(name, help string, labels ...string) *prometheus.Desc {
-			return prometheus.NewDesc(name, help, labels, nil)
-		}
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	if perf {
 		p := newPerfSource(cg, desc, desc("statexec_probe_group_enabled", "", "group"), os.Stderr)
 		defer p.close()
 		if !p.groups[0].on {
 			return fmt.Errorf("perf events off: %s", p.groups[0].reason)
 		}
+	}
+	if block {
 		env := newLoadEnv(cg, desc)
 		b, err := loadBlockGroup(env)
 		if err != nil {

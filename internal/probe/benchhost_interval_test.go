@@ -96,7 +96,7 @@ func TestHostSourcesEveryInterval(t *testing.T) {
 					t.Logf("block prog %s: %d recursion misses", name, st.RecursionMisses)
 				}
 			}
-			t.Logf("block: issued %d marked, %d by the cgroup; %d completed timed, %d completed unissued, %d map updates failed", g.last.IssuedMarked, g.last.IssuedByCgroup, g.last.CompletedTimed, g.last.CompletedUnissued, g.last.UpdateFailed)
+			t.Logf("block: %d created by the cgroup, %d issued by it; %d completed timed, %d evicted", g.last.StartedMarked, g.last.IssuedByCgroup, g.last.CompletedTimed, g.last.Evicted)
 		}
 		prev, prevFlt, prevReads = m, flt, reads
 		if k < steps {

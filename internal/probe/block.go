@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type block_counters block ../../bpf/block.bpf.c -- -I../../bpf
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -type block_counters block ../../bpf/block.bpf.c -- -I../../bpf
 
 // blockHistSlots mirrors BLOCK_HIST_SLOTS in bpf/block.bpf.c.
 const blockHistSlots = len(blockBlockCounters{}.Hist[0])
@@ -29,14 +29,15 @@ const (
 
 var blockOps = [2]string{"read", "write"}
 
-// blockGroup: latency of the tree's block I/O requests, issue to
-// completion, from the block_rq_issue/block_rq_complete raw tracepoints
-// (block_io_start marks the requests the tree creates).
+// blockGroup: latency of the tree's block I/O requests, creation to
+// completion, from the block_io_start/block_rq_complete raw tracepoints
+// (block_rq_issue instead of block_io_start on kernels without it).
 type blockGroup struct {
 	objs  blockObjects
 	links links
 	// marked: block_io_start is attached (Linux 6.5 on); without it only
-	// requests that a task of the cgroup issues itself are seen.
+	// requests that a task of the cgroup issues itself are seen, timed
+	// from their issue.
 	marked bool
 	cpus   []blockBlockCounters
 	last   blockBlockCounters
@@ -58,10 +59,14 @@ func loadBlockGroup(env *loadEnv) (_ group, err error) {
 	}
 	vars := commonVariables(env.cg, l)
 	vars["off_rq_cmd_flags"] = l.RqCmdFlags
+	// The table of requests in flight (bpf/block.bpf.c): a power of two
+	// of pairs of slots, indexed by slot_mask.
+	pairs := blockInflightSize("/sys/block")
+	spec.Maps["inflight"].MaxEntries = pairs
+	vars["slot_mask"] = pairs - 1
 	if err := setVariables(spec, vars); err != nil {
 		return nil, err
 	}
-	spec.Maps["inflight"].MaxEntries = blockInflightSize("/sys/block")
 	g := &blockGroup{}
 	if err := spec.LoadAndAssign(&g.objs, nil); err != nil {
 		return nil, loadError(err)
@@ -71,22 +76,20 @@ func loadBlockGroup(env *loadEnv) (_ group, err error) {
 			g.close()
 		}
 	}()
-	// Complete before issue: a request issued between the two attaches
-	// would otherwise stay in the map.
+	// Completion first: a request started between the two attaches
+	// would otherwise keep its slot.
 	if err := g.links.rawTracepoint(g.objs.OnBlockRqComplete, "block_rq_complete"); err != nil {
 		return nil, err
 	}
-	if err := g.links.rawTracepoint(g.objs.OnBlockRqIssue, "block_rq_issue"); err != nil {
-		return nil, err
-	}
-	// Optional: older kernels have no block_io_start.
+	// Older kernels have no block_io_start: then requests a task of the
+	// cgroup issues are the run's, timed from their issue.
 	g.marked = g.links.rawTracepoint(g.objs.OnBlockIoStart, "block_io_start") == nil
 	if !g.marked {
-		if err := g.objs.IssueFallback.Set(true); err != nil {
-			return nil, fmt.Errorf("set issue_fallback: %w", err)
+		if err := g.links.rawTracepoint(g.objs.OnBlockRqIssue, "block_rq_issue"); err != nil {
+			return nil, err
 		}
 	}
-	g.latency = env.desc("statexec_process_disk_io_latency_seconds", "Latency of the command's block I/O requests from issue to the device to completion, by operation (read or write; eBPF block_rq_issue/complete; writeback by kernel threads is not the command's).", "op")
+	g.latency = env.desc("statexec_process_disk_io_latency_seconds", "Latency of the command's block I/O requests from their creation to their completion, the I/O scheduler's queue included (as iostat's await), by operation (read or write; eBPF block_io_start/block_rq_complete; writeback by kernel threads is not the command's).", "op")
 	return g, nil
 }
 
@@ -103,10 +106,9 @@ func (g *blockGroup) sample() error {
 			}
 			sum.SumNs[op] += c.SumNs[op]
 		}
-		sum.IssuedMarked += c.IssuedMarked
+		sum.StartedMarked += c.StartedMarked
 		sum.IssuedByCgroup += c.IssuedByCgroup
-		sum.CompletedUnissued += c.CompletedUnissued
-		sum.UpdateFailed += c.UpdateFailed
+		sum.Evicted += c.Evicted
 		sum.CompletedTimed += c.CompletedTimed
 	}
 	g.last = sum
@@ -142,14 +144,13 @@ func (g *blockGroup) close() error {
 	return errors.Join(err, g.objs.Close())
 }
 
-// blockInflightSize sizes the map of requests in flight from the host's
-// block queues: no more requests exist at once than the devices' request
-// pools hold (nr_requests per hardware queue), twice that for the stale
-// entries of requests merged away, within [1024, 65536]. An LRU map is
-// preallocated: its size is start-up time (16384 entries took ~3 ms of
-// every run here, against 1.3k requests possible on this VM). A device
-// added during the run may make the map evict its oldest entries: those
-// requests' latencies are then not timed.
+// blockInflightSize sizes the table of requests in flight, in pairs of
+// slots, from the host's block queues: no more requests exist at once
+// than the devices' request pools hold (nr_requests per hardware queue),
+// and twice that many pairs (four slots a request) keep two requests of
+// the run from meeting in one pair; a power of two, 1024..65536 pairs
+// (32 KiB..2 MiB of kernel memory). A device added during the run may
+// make requests meet: the one evicted is then not timed (counted).
 func blockInflightSize(sysBlock string) uint32 {
 	const lo, hi = 1024, 65536
 	devs, err := os.ReadDir(sysBlock)
@@ -168,7 +169,11 @@ func blockInflightSize(sysBlock string) uint32 {
 		}
 		total += n * queues
 	}
-	return uint32(min(max(2*total, lo), hi))
+	pairs := uint32(lo)
+	for int(pairs) < 2*total && pairs < hi {
+		pairs <<= 1
+	}
+	return pairs
 }
 
 func readSysInt(path string) (int, error) {

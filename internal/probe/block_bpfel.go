@@ -14,14 +14,22 @@ import (
 )
 
 type blockBlockCounters struct {
-	_                 structs.HostLayout
-	Hist              [2][36]uint64
-	SumNs             [2]uint64
-	IssuedMarked      uint64
-	IssuedByCgroup    uint64
-	CompletedUnissued uint64
-	UpdateFailed      uint64
-	CompletedTimed    uint64
+	_              structs.HostLayout
+	Hist           [2][36]uint64
+	SumNs          [2]uint64
+	StartedMarked  uint64
+	IssuedByCgroup uint64
+	Evicted        uint64
+	CompletedTimed uint64
+}
+
+type blockRqPair struct {
+	_   structs.HostLayout
+	Way [2]struct {
+		_  structs.HostLayout
+		Rq uint64
+		Ts uint64
+	}
 }
 
 // Names of all BPF objects in the ELF.
@@ -33,13 +41,13 @@ const (
 	blockProgOnBlockIoStart    = "on_block_io_start"
 	blockProgOnBlockRqComplete = "on_block_rq_complete"
 	blockProgOnBlockRqIssue    = "on_block_rq_issue"
-	blockVarIssueFallback      = "issue_fallback"
 	blockVarOffCgroups         = "off_cgroups"
 	blockVarOffDflCgrp         = "off_dfl_cgrp"
 	blockVarOffKn              = "off_kn"
 	blockVarOffKnId            = "off_kn_id"
 	blockVarOffRqCmdFlags      = "off_rq_cmd_flags"
 	blockVarOffSkCgrp          = "off_sk_cgrp"
+	blockVarSlotMask           = "slot_mask"
 	blockVarTargetCgid         = "target_cgid"
 )
 
@@ -102,13 +110,13 @@ type blockMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type blockVariableSpecs struct {
-	IssueFallback *ebpf.VariableSpec `ebpf:"issue_fallback"`
 	OffCgroups    *ebpf.VariableSpec `ebpf:"off_cgroups"`
 	OffDflCgrp    *ebpf.VariableSpec `ebpf:"off_dfl_cgrp"`
 	OffKn         *ebpf.VariableSpec `ebpf:"off_kn"`
 	OffKnId       *ebpf.VariableSpec `ebpf:"off_kn_id"`
 	OffRqCmdFlags *ebpf.VariableSpec `ebpf:"off_rq_cmd_flags"`
 	OffSkCgrp     *ebpf.VariableSpec `ebpf:"off_sk_cgrp"`
+	SlotMask      *ebpf.VariableSpec `ebpf:"slot_mask"`
 	TargetCgid    *ebpf.VariableSpec `ebpf:"target_cgid"`
 }
 
@@ -147,13 +155,13 @@ func (m *blockMaps) Close() error {
 //
 // It can be passed to loadBlockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type blockVariables struct {
-	IssueFallback *ebpf.Variable `ebpf:"issue_fallback"`
 	OffCgroups    *ebpf.Variable `ebpf:"off_cgroups"`
 	OffDflCgrp    *ebpf.Variable `ebpf:"off_dfl_cgrp"`
 	OffKn         *ebpf.Variable `ebpf:"off_kn"`
 	OffKnId       *ebpf.Variable `ebpf:"off_kn_id"`
 	OffRqCmdFlags *ebpf.Variable `ebpf:"off_rq_cmd_flags"`
 	OffSkCgrp     *ebpf.Variable `ebpf:"off_sk_cgrp"`
+	SlotMask      *ebpf.Variable `ebpf:"slot_mask"`
 	TargetCgid    *ebpf.Variable `ebpf:"target_cgid"`
 }
 
