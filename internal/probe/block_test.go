@@ -98,8 +98,9 @@ func TestBlockInflightSize(t *testing.T) {
 	if got := blockInflightSize(dir); got != 1024 {
 		t.Errorf("384 requests: %d, want the floor 1024", got)
 	}
-	dev("nvme0n1", "1023", 8) // 8 hardware queues of 1023
-	if got, want := blockInflightSize(dir), uint32(32768); got != want { // 2*(256+128+8184) = 17136
+	// 8 hardware queues of 1023: 2*(256+128+8184) = 17136 pairs, rounded up.
+	dev("nvme0n1", "1023", 8)
+	if got, want := blockInflightSize(dir), uint32(32768); got != want {
 		t.Errorf("with nvme: %d, want %d", got, want)
 	}
 	dev("nvme1n1", "1023", 64)
