@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/statexec/statexec/internal/constmetric"
 	"github.com/statexec/statexec/internal/host"
 	"github.com/statexec/statexec/internal/probe"
 	"github.com/statexec/statexec/internal/store"
@@ -96,10 +97,10 @@ func tickSetup(b *testing.B, mode probe.Mode) (*Sampler, func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
+	reg := NewRegistry()
 	labels := prometheus.Labels{"instance": "bench", "job": "statexec", "role": "standalone"}
-	status := prometheus.NewGauge(prometheus.GaugeOpts{Name: "statexec_command_status", Help: "State.", ConstLabels: labels})
-	duration := prometheus.NewGauge(prometheus.GaugeOpts{Name: "statexec_collection_duration_seconds", Help: "Time.", ConstLabels: labels})
+	status := constmetric.NewGauge(prometheus.NewDesc("statexec_command_status", "State.", nil, labels))
+	duration := constmetric.NewGauge(prometheus.NewDesc("statexec_collection_duration_seconds", "Time.", nil, labels))
 	reg.MustRegister(status, duration)
 	for _, c := range host.Collectors(context.Background(), labels) {
 		reg.MustRegister(c)
