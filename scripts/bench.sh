@@ -5,7 +5,9 @@
 # prints the median, the spread (min-max) and the per-pair ratio (median
 # and spread of the ratios), never a single run:
 #   0. BenchmarkTick: one whole sampling tick in-process (host collectors,
-#      probe, spool append): ns/op, CPU ns/op and allocs/op
+#      probe, spool append): ns/op, CPU ns/op and allocs/op, in a hot loop
+#      and (BenchmarkTickIdle) one tick every 100 ms and every 1 s, as a
+#      run takes them: its CPU ns/op is what part 1 measures of a run
 #   1. own CPU per sample at SE_INTERVAL=1s and 100ms, steady state:
 #      statexec's CPU time (its threads' schedstat, children not counted)
 #      between two instants of an `exec sleep N`, divided by the samples
@@ -31,8 +33,9 @@
 # missing is skipped with a line saying so. Knobs: ROUNDS (pairs per comparison),
 # CPU_SECS_1S / CPU_SECS_100MS (length of the steady runs; the 1 s ones
 # are also the RSS runs), PIPE_LOOPS, TRUE_RUNS (runs of `true` per side
-# of a pair), IPERF_SECS, TICKS (BenchmarkTick iterations), RW_SECS (part
-# 5), DROP_SENDS (part 6), DIRECT_READS, DIRECT_DIR and ROUNDS7 (part 7).
+# of a pair), IPERF_SECS, TICKS (BenchmarkTick iterations), IDLE_TICKS
+# (BenchmarkTickIdle's, each interval and mode), RW_SECS (part 5),
+# DROP_SENDS (part 6), DIRECT_READS, DIRECT_DIR and ROUNDS7 (part 7).
 # PARTS (default "0 1 2 3 4 5 6 7") runs only the parts listed.
 # Figures from a machine that other work keeps busy are not figures: look
 # at the spread before quoting a median.
@@ -47,6 +50,7 @@ PIPE_LOOPS=${PIPE_LOOPS:-100000}
 TRUE_RUNS=${TRUE_RUNS:-30}
 IPERF_SECS=${IPERF_SECS:-3}
 TICKS=${TICKS:-2000}
+IDLE_TICKS=${IDLE_TICKS:-20}
 NCPU=$(nproc)
 PIN_CPU=${PIN_CPU:-$((NCPU - 1))}
 TMP=$(mktemp -d /tmp/statexec-bench.XXXXXX)
@@ -166,9 +170,15 @@ samples_between() {
 
 # 0. one tick in-process (root: the probe's cgroup and BPF).
 part 0 && echo "== 0. BenchmarkTick ($TICKS ticks: host collectors + probe with sh and two sleeps in its cgroup + spool append)"
-part 0 && go test -count=1 -run '^$' -bench BenchmarkTick -benchtime "${TICKS}x" ./internal/sampler/ 2>&1 |
-	awk '/^BenchmarkTick/ { printf "  %-28s %8.0f ns/op  %8.0f CPU ns/op  %6d B/op  %5d allocs/op\n", $1, $3, $5, $7, $9 }
-		/SKIP|skip/ { print "  " $0 }'
+# tickbench NAME TICKS: prints the benchmarks' lines.
+tickbench() {
+	go test -count=1 -run '^$' -bench "$1" -benchtime "${2}x" ./internal/sampler/ 2>&1 |
+		awk '/^BenchmarkTick/ { printf "  %-34s %10.0f ns/op  %8.0f CPU ns/op  %6d B/op  %5d allocs/op\n", $1, $3, $5, $7, $9 }
+			/SKIP|skip/ { print "  " $0 }'
+}
+part 0 && tickbench 'BenchmarkTick$' "$TICKS"
+part 0 && echo "   one tick every 100 ms and every 1 s ($IDLE_TICKS ticks each; CPU ns/op is the process's over the loop, as part 1)"
+part 0 && tickbench 'BenchmarkTickIdle' "$IDLE_TICKS"
 
 # rss_watch PID START OUT: polls PID's VmRSS and VmHWM (KiB) every 0.1 s
 # until it ends and writes "rss-at-a-quarter rss-at-the-end peak" to OUT

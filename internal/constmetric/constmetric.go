@@ -73,9 +73,20 @@ type Vec struct {
 	series map[[2]string]*Metric
 }
 
-// NewVec makes the family's cache; desc has one or two variable labels.
+// NewVec makes the family's cache; desc has at most two variable labels.
 func NewVec(desc *prometheus.Desc, typ prometheus.ValueType) *Vec {
 	return &Vec{desc: desc, typ: typ, series: map[[2]string]*Metric{}}
+}
+
+// With0 is the series of a family without variable labels.
+func (v *Vec) With0() *Metric {
+	k := [2]string{}
+	if m, ok := v.series[k]; ok {
+		return m
+	}
+	m := New(v.desc, v.typ)
+	v.series[k] = m
+	return m
 }
 
 // With1 is the series of a family with one variable label.
@@ -102,3 +113,87 @@ func (v *Vec) With2(a, b string) *Metric {
 
 // Desc is the family's descriptor.
 func (v *Vec) Desc() *prometheus.Desc { return v.desc }
+
+// Histogram is one series of a histogram family whose bucket bounds are
+// fixed when it is made (the probes' log2 buckets). Like Metric, its
+// descriptor, label pairs and protobuf messages are made once;
+// prometheus.MustNewConstHistogram builds and sorts them at every call.
+type Histogram struct {
+	desc   *prometheus.Desc
+	labels []*dto.LabelPair
+	count  uint64
+	sum    float64
+	bounds []float64
+	cum    []uint64
+	h      dto.Histogram
+}
+
+// NewHistogram makes the series of desc with these bucket upper bounds
+// (increasing, without +Inf, which is the count) and label values. It
+// panics, as prometheus.MustNewConstHistogram does, when they do not fit
+// desc.
+func NewHistogram(desc *prometheus.Desc, bounds []float64, labelValues ...string) *Histogram {
+	prometheus.MustNewConstHistogram(desc, 0, 0, nil, labelValues...)
+	for i := 1; i < len(bounds); i++ {
+		// MustNewConstHistogram sorts its buckets; these are written
+		// in the order given.
+		if !(bounds[i] > bounds[i-1]) {
+			panic("constmetric: histogram bounds not increasing")
+		}
+	}
+	h := &Histogram{
+		desc:   desc,
+		labels: prometheus.MakeLabelPairs(desc, labelValues),
+		bounds: append([]float64(nil), bounds...),
+		cum:    make([]uint64, len(bounds)),
+	}
+	h.h.SampleCount = &h.count
+	h.h.SampleSum = &h.sum
+	h.h.Bucket = make([]*dto.Bucket, len(bounds))
+	for i := range bounds {
+		h.h.Bucket[i] = &dto.Bucket{CumulativeCount: &h.cum[i], UpperBound: &h.bounds[i]}
+	}
+	return h
+}
+
+// Buckets is where Set's caller puts the cumulative count of each bound,
+// in the order of the bounds: the series' own storage.
+func (h *Histogram) Buckets() []uint64 { return h.cum }
+
+// Set sets the count and sum (the buckets are set through Buckets) and
+// returns h, to be sent.
+func (h *Histogram) Set(count uint64, sum float64) *Histogram {
+	h.count, h.sum = count, sum
+	return h
+}
+
+// Desc implements prometheus.Metric.
+func (h *Histogram) Desc() *prometheus.Desc { return h.desc }
+
+// Write implements prometheus.Metric, with Metric.Write's sharing.
+func (h *Histogram) Write(out *dto.Metric) error {
+	out.Label = h.labels
+	out.Histogram = &h.h
+	return nil
+}
+
+// Gauge is a collector of one gauge series without variable labels whose
+// value its owner sets (statexec_command_status). Unlike a
+// prometheus.Gauge its Set is not atomic: set it where no collection runs
+// at the same time (sampler.Sampler.Between).
+type Gauge struct{ m *Metric }
+
+// NewGauge makes the gauge of desc.
+func NewGauge(desc *prometheus.Desc) *Gauge { return &Gauge{New(desc, prometheus.GaugeValue)} }
+
+// Set sets the value.
+func (g *Gauge) Set(v float64) { g.m.Set(v) }
+
+// Describe implements prometheus.Collector.
+func (g *Gauge) Describe(ch chan<- *prometheus.Desc) { ch <- g.m.desc }
+
+// Collect implements prometheus.Collector.
+func (g *Gauge) Collect(ch chan<- prometheus.Metric) { ch <- g.m }
+
+// Emit is Collect without a channel (sampler.Emitter).
+func (g *Gauge) Emit(emit func(prometheus.Metric)) { emit(g.m) }

@@ -43,3 +43,69 @@ func TestNewRejectsWrongLabels(t *testing.T) {
 	}()
 	New(prometheus.NewDesc("x", "h", []string{"a"}, nil), prometheus.GaugeValue)
 }
+
+// TestHistogramMatchesConstHistogram: a cached histogram writes what
+// prometheus.MustNewConstHistogram writes for the same buckets, also
+// after its values changed, and with no bucket at all.
+func TestHistogramMatchesConstHistogram(t *testing.T) {
+	d := prometheus.NewDesc("x_seconds", "help", []string{"op"}, prometheus.Labels{"job": "j"})
+	bounds := []float64{0.001, 0.01, 0.1, 1}
+	h := NewHistogram(d, bounds, "read")
+	for _, c := range []struct {
+		count uint64
+		sum   float64
+		cum   []uint64
+	}{{0, 0, []uint64{0, 0, 0, 0}}, {7, 2.5, []uint64{1, 3, 3, 6}}, {9, 3.25, []uint64{2, 3, 8, 8}}} {
+		copy(h.Buckets(), c.cum)
+		var got, want dto.Metric
+		if err := h.Set(c.count, c.sum).Write(&got); err != nil {
+			t.Fatal(err)
+		}
+		buckets := map[float64]uint64{}
+		for i, b := range bounds {
+			buckets[b] = c.cum[i]
+		}
+		if err := prometheus.MustNewConstHistogram(d, c.count, c.sum, buckets, "read").Write(&want); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(&got, &want) {
+			t.Errorf("wrote %v, want %v", &got, &want)
+		}
+	}
+	var got, want dto.Metric
+	NewHistogram(d, nil, "write").Set(3, 1).Write(&got)
+	prometheus.MustNewConstHistogram(d, 3, 1, nil, "write").Write(&want)
+	if !proto.Equal(&got, &want) {
+		t.Errorf("no buckets: wrote %v, want %v", &got, &want)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("no panic for bounds out of order")
+		}
+	}()
+	NewHistogram(d, []float64{1, 0.5}, "read")
+}
+
+// TestGaugeMatchesPrometheusGauge: the Gauge collector describes and
+// writes what a prometheus.Gauge with the same options does.
+func TestGaugeMatchesPrometheusGauge(t *testing.T) {
+	labels := prometheus.Labels{"job": "j", "instance": "i"}
+	pg := prometheus.NewGauge(prometheus.GaugeOpts{Name: "status", Help: "h", ConstLabels: labels})
+	g := NewGauge(prometheus.NewDesc("status", "h", nil, labels))
+	for _, v := range []float64{0, 1, 2} {
+		pg.Set(v)
+		g.Set(v)
+		var got, want dto.Metric
+		var emitted prometheus.Metric
+		g.Emit(func(m prometheus.Metric) { emitted = m })
+		if err := emitted.Write(&got); err != nil {
+			t.Fatal(err)
+		}
+		if err := pg.Write(&want); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(&got, &want) || emitted.Desc().String() != pg.Desc().String() {
+			t.Errorf("wrote %v (%v), want %v (%v)", &got, emitted.Desc(), &want, pg.Desc())
+		}
+	}
+}

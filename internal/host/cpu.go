@@ -37,9 +37,15 @@ func (c *cpuCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.success.m.Desc()
 }
 
+// Collect implements prometheus.Collector.
 func (c *cpuCollector) Collect(ch chan<- prometheus.Metric) {
+	c.Emit(func(m prometheus.Metric) { ch <- m })
+}
+
+// Emit is Collect without a channel (sampler.Emitter).
+func (c *cpuCollector) Emit(emit func(prometheus.Metric)) {
 	times, err := c.times(c.ctx, true)
-	c.success.report(ch, c.seconds, err)
+	c.success.report(emit, c.seconds, err)
 	if err != nil {
 		return
 	}
@@ -51,7 +57,7 @@ func (c *cpuCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		vals := [len(cpuModes)]float64{t.User, t.Nice, t.System, t.Idle, t.Iowait, t.Irq, t.Softirq, t.Steal}
 		for i, mode := range cpuModes {
-			ch <- c.series.With2(core, mode).Set(vals[i])
+			emit(c.series.With2(core, mode).Set(vals[i]))
 		}
 	}
 }

@@ -57,9 +57,15 @@ func (c *diskCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.success.m.Desc()
 }
 
+// Collect implements prometheus.Collector.
 func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
+	c.Emit(func(m prometheus.Metric) { ch <- m })
+}
+
+// Emit is Collect without a channel (sampler.Emitter).
+func (c *diskCollector) Emit(emit func(prometheus.Metric)) {
 	stats, err := c.ioCounters(c.ctx)
-	c.success.report(ch, c.readBytes.Desc(), err)
+	c.success.report(emit, c.readBytes.Desc(), err)
 	if err != nil {
 		return
 	}
@@ -74,7 +80,7 @@ func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, name := range names {
 		s := stats[name]
 		counter := func(v *constmetric.Vec, x uint64) {
-			ch <- v.With1(name).Set(float64(x))
+			emit(v.With1(name).Set(float64(x)))
 		}
 		counter(c.readBytes, s.ReadBytes)
 		counter(c.writeBytes, s.WriteBytes)

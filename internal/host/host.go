@@ -62,11 +62,11 @@ func newSuccess(d *prometheus.Desc) success {
 
 // report sends the gauge: 1 if err is nil, else 0 and err as an invalid
 // metric of failed (so that Gather returns it).
-func (s success) report(ch chan<- prometheus.Metric, failed *prometheus.Desc, err error) {
+func (s success) report(emit func(prometheus.Metric), failed *prometheus.Desc, err error) {
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(failed, err)
-		ch <- s.m.Set(0)
+		emit(prometheus.NewInvalidMetric(failed, err))
+		emit(s.m.Set(0))
 		return
 	}
-	ch <- s.m.Set(1)
+	emit(s.m.Set(1))
 }

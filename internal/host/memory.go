@@ -42,19 +42,25 @@ func (c *memoryCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
+// Collect implements prometheus.Collector.
 func (c *memoryCollector) Collect(ch chan<- prometheus.Metric) {
+	c.Emit(func(m prometheus.Metric) { ch <- m })
+}
+
+// Emit is Collect without a channel (sampler.Emitter).
+func (c *memoryCollector) Emit(emit func(prometheus.Metric)) {
 	v, err := c.virtualMemory(c.ctx)
-	c.success.report(ch, c.total.Desc(), err)
+	c.success.report(emit, c.total.Desc(), err)
 	if err != nil {
 		return
 	}
-	ch <- c.total.Set(float64(v.Total))
-	ch <- c.available.Set(float64(v.Available))
-	ch <- c.used.Set(float64(v.Used))
-	ch <- c.free.Set(float64(v.Free))
-	ch <- c.buffers.Set(float64(v.Buffers))
-	ch <- c.cached.Set(float64(v.Cached))
+	emit(c.total.Set(float64(v.Total)))
+	emit(c.available.Set(float64(v.Available)))
+	emit(c.used.Set(float64(v.Used)))
+	emit(c.free.Set(float64(v.Free)))
+	emit(c.buffers.Set(float64(v.Buffers)))
+	emit(c.cached.Set(float64(v.Cached)))
 	if v.Total > 0 {
-		ch <- c.usedRatio.Set(float64(v.Used) / float64(v.Total))
+		emit(c.usedRatio.Set(float64(v.Used) / float64(v.Total)))
 	}
 }

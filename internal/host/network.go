@@ -50,15 +50,21 @@ func (c *networkCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.success.m.Desc()
 }
 
+// Collect implements prometheus.Collector.
 func (c *networkCollector) Collect(ch chan<- prometheus.Metric) {
+	c.Emit(func(m prometheus.Metric) { ch <- m })
+}
+
+// Emit is Collect without a channel (sampler.Emitter).
+func (c *networkCollector) Emit(emit func(prometheus.Metric)) {
 	counters, err := c.ioCounters(c.ctx, true)
-	c.success.report(ch, c.sentBytes.Desc(), err)
+	c.success.report(emit, c.sentBytes.Desc(), err)
 	if err != nil {
 		return
 	}
 	for _, n := range counters {
 		counter := func(v *constmetric.Vec, x uint64) {
-			ch <- v.With1(n.Name).Set(float64(x))
+			emit(v.With1(n.Name).Set(float64(x)))
 		}
 		counter(c.sentBytes, n.BytesSent)
 		counter(c.recvBytes, n.BytesRecv)

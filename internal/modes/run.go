@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/statexec/statexec/internal/config"
+	"github.com/statexec/statexec/internal/constmetric"
 	"github.com/statexec/statexec/internal/host"
 	"github.com/statexec/statexec/internal/probe"
 	"github.com/statexec/statexec/internal/remotewrite"
@@ -59,7 +60,7 @@ type run struct {
 	st       *store.Store
 	probe    *probe.Session
 	smp      *sampler.Sampler
-	status   prometheus.Gauge
+	status   *constmetric.Gauge // set in r.smp.Between only
 	stopLoop context.CancelFunc
 	loopDone chan struct{}
 	srv      *syncctl.Server
@@ -181,18 +182,14 @@ func (r *run) setup() (int, error) {
 	}
 	// The const labels are in every descriptor, not added by a wrapping
 	// registerer: that builds a descriptor per metric at every gather.
-	reg := prometheus.NewRegistry()
+	// Every collector is a sampler.Emitter: the sampler collects it in
+	// its own goroutine.
+	reg := sampler.NewRegistry()
 	labels := r.constLabels()
-	r.status = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name:        "statexec_command_status",
-		Help:        "State of the command: 0 pending, 1 running, 2 done.",
-		ConstLabels: labels,
-	})
-	duration := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name:        "statexec_collection_duration_seconds",
-		Help:        "Time the previous collection of all metrics took, in seconds.",
-		ConstLabels: labels,
-	})
+	r.status = constmetric.NewGauge(prometheus.NewDesc("statexec_command_status",
+		"State of the command: 0 pending, 1 running, 2 done.", nil, labels))
+	duration := constmetric.NewGauge(prometheus.NewDesc("statexec_collection_duration_seconds",
+		"Time the collection of this sample's other metrics took, in seconds.", nil, labels))
 	reg.MustRegister(r.status, duration)
 	for _, c := range host.Collectors(context.Background(), labels) {
 		reg.MustRegister(c)

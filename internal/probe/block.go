@@ -43,6 +43,7 @@ type blockGroup struct {
 	last   blockBlockCounters
 
 	latency *prometheus.Desc
+	hists   [len(blockOps)]*log2Hist
 }
 
 func loadBlockGroup(env *loadEnv) (_ group, err error) {
@@ -117,10 +118,12 @@ func (g *blockGroup) sample() error {
 
 func (g *blockGroup) describe(ch chan<- *prometheus.Desc) { ch <- g.latency }
 
-func (g *blockGroup) collect(ch chan<- prometheus.Metric) {
+func (g *blockGroup) collect(emit func(prometheus.Metric)) {
 	for op, name := range blockOps {
-		count, buckets := log2Buckets(g.last.Hist[op][:], blockMinLeLog2, blockMaxLeLog2)
-		ch <- prometheus.MustNewConstHistogram(g.latency, count, float64(g.last.SumNs[op])/1e9, buckets, name)
+		if g.hists[op] == nil {
+			g.hists[op] = newLog2Hist(g.latency, len(g.last.Hist[op]), blockMinLeLog2, blockMaxLeLog2, name)
+		}
+		emit(g.hists[op].set(g.last.Hist[op][:], float64(g.last.SumNs[op])/1e9))
 	}
 }
 

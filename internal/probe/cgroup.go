@@ -320,16 +320,19 @@ func readPids(path string) ([]int, error) {
 	return parsePids(data), nil
 }
 
-func parsePids(data []byte) []int {
-	var pids []int
+func parsePids(data []byte) []int { return appendPids(nil, data) }
+
+// appendPids appends the pids of a cgroup.procs / cgroup.threads file
+// (one decimal number a line) to dst.
+func appendPids(dst []int, data []byte) []int {
 	for len(data) > 0 {
 		var line []byte
 		line, data, _ = bytes.Cut(data, []byte{'\n'})
 		if pid, err := strconv.Atoi(string(bytes.TrimSpace(line))); err == nil {
-			pids = append(pids, pid)
+			dst = append(dst, pid)
 		}
 	}
-	return pids
+	return dst
 }
 
 // CleanStale removes statexec-* cgroups whose statexec process no longer

@@ -58,12 +58,32 @@ func withLabel(l prometheus.Labels, name, value string) prometheus.Labels {
 	return out
 }
 
-func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, lv ...string) {
-	ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, lv...)
+// seriesSet keeps a group's series by family (internal/constmetric),
+// each made at the first sample that sends it: a const metric built anew
+// at every sample was most of a group's allocations, and a tick that
+// sends the same metrics as the previous one lets the sampler reuse that
+// tick's gather (sampler.Registry). The zero value is ready.
+type seriesSet map[*prometheus.Desc]*constmetric.Vec
+
+func (s *seriesSet) of(d *prometheus.Desc, typ prometheus.ValueType) *constmetric.Vec {
+	if *s == nil {
+		*s = seriesSet{}
+	}
+	v := (*s)[d]
+	if v == nil {
+		v = constmetric.NewVec(d, typ)
+		(*s)[d] = v
+	}
+	return v
 }
 
-func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, lv ...string) {
-	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)
+// counter and gauge are the series of a counter or gauge family.
+func (s *seriesSet) counter(d *prometheus.Desc) *constmetric.Vec {
+	return s.of(d, prometheus.CounterValue)
+}
+
+func (s *seriesSet) gauge(d *prometheus.Desc) *constmetric.Vec {
+	return s.of(d, prometheus.GaugeValue)
 }
 
 // Describe implements prometheus.Collector.
@@ -82,8 +102,14 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector. It samples once per call: a few
 // small /proc and cgroup files per process and one per-CPU map lookup per
 // probe group. The session's lock is held throughout, so that every value
-// comes from the same sample (the registry drains ch concurrently).
+// comes from the same sample (a registry drains ch concurrently).
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	c.Emit(func(m prometheus.Metric) { ch <- m })
+}
+
+// Emit is Collect without a channel (sampler.Emitter): the sampler calls
+// it in its own goroutine.
+func (c *collector) Emit(emit func(prometheus.Metric)) {
 	s := c.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -93,36 +119,36 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	p := s.snap.plain
 	m := c.metrics()
 
-	ch <- m.info.With1(s.backend).Set(1)
+	emit(m.info.With1(s.backend).Set(1))
 	success := 1.0
 	if s.snap.err != nil {
 		success = 0
 	}
-	ch <- m.success.Set(success)
+	emit(m.success.Set(success))
 	for _, sp := range groupSpecs() {
 		on := 0.0
 		if s.group(sp.name) != nil {
 			on = 1
 		}
-		ch <- m.groupOn.With1(sp.name).Set(on)
+		emit(m.groupOn.With1(sp.name).Set(on))
 	}
-	ch <- m.cpuUser.Set(p.userSec)
-	ch <- m.cpuSystem.Set(p.sysSec)
-	ch <- m.rss.Set(float64(p.rss))
-	ch <- m.rssPeak.Set(float64(s.rssPeakLocked()))
-	ch <- m.diskRead.Set(float64(p.readBytes))
-	ch <- m.diskWrite.Set(float64(p.writeBytes))
-	ch <- m.vcs.Set(float64(p.vcs))
-	ch <- m.ivcs.Set(float64(p.ivcs))
+	emit(m.cpuUser.Set(p.userSec))
+	emit(m.cpuSystem.Set(p.sysSec))
+	emit(m.rss.Set(float64(p.rss)))
+	emit(m.rssPeak.Set(float64(s.rssPeakLocked())))
+	emit(m.diskRead.Set(float64(p.readBytes)))
+	emit(m.diskWrite.Set(float64(p.writeBytes)))
+	emit(m.vcs.Set(float64(p.vcs)))
+	emit(m.ivcs.Set(float64(p.ivcs)))
 	// One source in both backends: cgroup.procs/cgroup.threads (exact)
 	// or the /proc walk.
-	ch <- m.processes.Set(float64(p.procs))
-	ch <- m.threads.Set(float64(p.threads))
+	emit(m.processes.Set(float64(p.procs)))
+	emit(m.threads.Set(float64(p.threads)))
 	for _, g := range s.groups {
-		g.g.collect(ch)
+		g.g.collect(emit)
 	}
 	if s.tcpDiag != nil {
-		s.tcpDiag.collect(ch)
+		s.tcpDiag.collect(emit)
 	}
 }
 

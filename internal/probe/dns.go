@@ -23,11 +23,16 @@ type dnsGroup struct {
 	last  dnsDnsCounters
 
 	queries, responses, latency *prometheus.Desc
+	series                      seriesSet
+	hist                        *log2Hist
 }
 
 // dnsRcodes names the response codes exported one by one (RFC 1035,
 // 2136); every other code is "other".
 var dnsRcodes = map[int]string{0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+// dnsRcodeLabels are byRcode's keys, each exported at every sample.
+var dnsRcodeLabels = [...]string{"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other"}
 
 // The latency buckets: "le" at powers of two from 2^14 ns (16.4 us) to
 // 2^32 ns (4.29 s); the BPF slots are [2^k, 2^(k+1)) ns.
@@ -112,14 +117,19 @@ func (g *dnsGroup) describe(ch chan<- *prometheus.Desc) {
 	ch <- g.latency
 }
 
-func (g *dnsGroup) collect(ch chan<- prometheus.Metric) {
-	b := &g.last
-	counter(ch, g.queries, float64(b.Queries))
-	for rcode, n := range g.byRcode() {
-		counter(ch, g.responses, float64(n), rcode)
+func (g *dnsGroup) collect(emit func(prometheus.Metric)) {
+	b, s := &g.last, &g.series
+	emit(s.counter(g.queries).With0().Set(float64(b.Queries)))
+	by := g.byRcode()
+	// In a fixed order: the same metrics in the same order at every
+	// tick let the sampler reuse its gather.
+	for _, rcode := range dnsRcodeLabels {
+		emit(s.counter(g.responses).With1(rcode).Set(float64(by[rcode])))
 	}
-	count, buckets := log2Buckets(b.LatencyHist[:], dnsMinLeLog2, min(dnsMaxLeLog2, len(b.LatencyHist)-1)) // the last slot has no end
-	ch <- prometheus.MustNewConstHistogram(g.latency, count, float64(b.LatencyNs)/1e9, buckets)
+	if g.hist == nil {
+		g.hist = newLog2Hist(g.latency, len(b.LatencyHist), dnsMinLeLog2, min(dnsMaxLeLog2, len(b.LatencyHist)-1)) // the last slot has no end
+	}
+	emit(g.hist.set(b.LatencyHist[:], float64(b.LatencyNs)/1e9))
 }
 
 func (g *dnsGroup) summarize(s *Summary) {

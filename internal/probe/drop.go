@@ -26,7 +26,9 @@ type dropGroup struct {
 	cpus    []uint64 // reused batch buffer: len(keys) * ncpu
 	last    []uint64 // drops per slot, summed over CPUs
 
-	drops *prometheus.Desc
+	drops  *prometheus.Desc
+	series seriesSet
+	names  []string // reused by collect
 }
 
 // dropOtherReason labels the slot for reasons outside the enum
@@ -140,9 +142,17 @@ func (g *dropGroup) byReason() map[string]uint64 {
 
 func (g *dropGroup) describe(ch chan<- *prometheus.Desc) { ch <- g.drops }
 
-func (g *dropGroup) collect(ch chan<- prometheus.Metric) {
-	for reason, n := range g.byReason() {
-		counter(ch, g.drops, float64(n), reason)
+func (g *dropGroup) collect(emit func(prometheus.Metric)) {
+	by := g.byReason()
+	// In a fixed order: the same metrics in the same order at every
+	// tick let the sampler reuse its gather.
+	g.names = g.names[:0]
+	for reason := range by {
+		g.names = append(g.names, reason)
+	}
+	sort.Strings(g.names)
+	for _, reason := range g.names {
+		emit(g.series.counter(g.drops).With1(reason).Set(float64(by[reason])))
 	}
 }
 

@@ -27,7 +27,7 @@ type group interface {
 	sample() error
 	// describe and collect export the last sample.
 	describe(ch chan<- *prometheus.Desc)
-	collect(ch chan<- prometheus.Metric)
+	collect(emit func(prometheus.Metric))
 	// summarize adds the group's totals to the end-of-run summary.
 	summarize(s *Summary)
 	close() error

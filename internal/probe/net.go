@@ -22,6 +22,7 @@ type netGroup struct {
 	peers *peerTable
 
 	sentBytes, recvBytes, sentPkts, recvPkts *prometheus.Desc
+	series                                   seriesSet
 }
 
 func loadNetGroup(env *loadEnv) (_ group, err error) {
@@ -98,13 +99,13 @@ func (g *netGroup) describe(ch chan<- *prometheus.Desc) {
 	g.peers.describe(ch)
 }
 
-func (g *netGroup) collect(ch chan<- prometheus.Metric) {
-	b := &g.last
-	counter(ch, g.sentBytes, float64(b.TxBytes))
-	counter(ch, g.recvBytes, float64(b.RxBytes))
-	counter(ch, g.sentPkts, float64(b.TxPackets))
-	counter(ch, g.recvPkts, float64(b.RxPackets))
-	g.peers.collect(ch)
+func (g *netGroup) collect(emit func(prometheus.Metric)) {
+	b, s := &g.last, &g.series
+	emit(s.counter(g.sentBytes).With0().Set(float64(b.TxBytes)))
+	emit(s.counter(g.recvBytes).With0().Set(float64(b.RxBytes)))
+	emit(s.counter(g.sentPkts).With0().Set(float64(b.TxPackets)))
+	emit(s.counter(g.recvPkts).With0().Set(float64(b.RxPackets)))
+	g.peers.collect(emit)
 }
 
 func (g *netGroup) summarize(s *Summary) {

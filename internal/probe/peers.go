@@ -44,6 +44,7 @@ type peerTable struct {
 	vals []netPeerBytes
 
 	sent, received *prometheus.Desc
+	metrics        seriesSet
 }
 
 func newPeerTable(desc func(name, help string, labels ...string) *prometheus.Desc) (*peerTable, error) {
@@ -178,10 +179,10 @@ func (t *peerTable) describe(ch chan<- *prometheus.Desc) {
 	ch <- t.received
 }
 
-func (t *peerTable) collect(ch chan<- prometheus.Metric) {
+func (t *peerTable) collect(emit func(prometheus.Metric)) {
 	for _, s := range t.series() {
-		counter(ch, t.sent, float64(s.tx), s.peer, s.protocol)
-		counter(ch, t.received, float64(s.rx), s.peer, s.protocol)
+		emit(t.metrics.counter(t.sent).With2(s.peer, s.protocol).Set(float64(s.tx)))
+		emit(t.metrics.counter(t.received).With2(s.peer, s.protocol).Set(float64(s.rx)))
 	}
 }
 

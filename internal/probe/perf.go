@@ -14,6 +14,8 @@ import (
 	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/statexec/statexec/internal/constmetric"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,6 +36,7 @@ type perfSource struct {
 	buf    [perfReadSize]byte
 
 	groupOn, offInfo, ratio *prometheus.Desc
+	series                  seriesSet
 }
 
 // perfReadSize: value, time enabled, time running (PERF_FORMAT_TOTAL_TIME_*).
@@ -50,9 +53,11 @@ type perfGroup struct {
 
 type perfEvent struct {
 	typ, config uint32
-	// The exported series; label values in lv.
+	// The exported series; label values in lv; m made at the first
+	// collect.
 	desc *prometheus.Desc
 	lv   []string
+	m    *constmetric.Metric
 	fds  []int // one per online CPU; closed fds are -1
 	// last is the scaled count, never decreasing; enabled and running
 	// are summed over the CPUs (for the ratio gauge).
@@ -264,18 +269,23 @@ func (p *perfSource) describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-func (p *perfSource) collect(ch chan<- prometheus.Metric) {
+func (p *perfSource) collect(emit func(prometheus.Metric)) {
 	for gi := range p.groups {
 		g := &p.groups[gi]
+		s := &p.series
 		if !g.on {
-			gauge(ch, p.groupOn, 0, g.name)
-			gauge(ch, p.offInfo, 1, g.name, g.reason)
+			emit(s.gauge(p.groupOn).With1(g.name).Set(0))
+			emit(s.gauge(p.offInfo).With2(g.name, g.reason).Set(1))
 			continue
 		}
-		gauge(ch, p.groupOn, 1, g.name)
-		gauge(ch, p.ratio, g.runningRatio(), g.name)
-		for _, e := range g.events {
-			counter(ch, e.desc, float64(e.last), e.lv...)
+		emit(s.gauge(p.groupOn).With1(g.name).Set(1))
+		emit(s.gauge(p.ratio).With1(g.name).Set(g.runningRatio()))
+		for i := range g.events {
+			e := &g.events[i]
+			if e.m == nil {
+				e.m = constmetric.New(e.desc, prometheus.CounterValue, e.lv...)
+			}
+			emit(e.m.Set(float64(e.last)))
 		}
 	}
 }

@@ -79,6 +79,11 @@ type plainSampler struct {
 	pageSize uint64
 	rd       fileReader
 	fields   [][]byte // /proc/PID/stat's fields, reused
+	// cgPids are the cgroup's processes as this sample read them (all of
+	// them: the tcp sock_diag view uses them too), cgErr the read's
+	// error.
+	cgPids []int
+	cgErr  error
 
 	procs  map[procID]*procState
 	banked procValues
@@ -216,9 +221,11 @@ func (p *plainSampler) sample() (plainTotals, error) {
 	var errs []error
 	if p.cg != nil {
 		data, err := p.rd.readKept(procFile{name: "cgroup.procs"})
+		p.cgPids = p.cgPids[:0]
 		if err == nil {
-			pids = parsePids(data)
+			p.cgPids = appendPids(p.cgPids, data)
 		}
+		pids, p.cgErr = p.cgPids, err
 		errs = append(errs, err)
 	} else {
 		pids = p.walkTree()

@@ -40,6 +40,7 @@ type pressureSource struct {
 	last    time.Time // time of the last successful sample
 
 	waiting, stalled [len(pressureResources)]*prometheus.Desc
+	series           seriesSet
 }
 
 // newPressureSource opens the PSI files of cg. Files that are missing or
@@ -162,14 +163,14 @@ func (p *pressureSource) describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-func (p *pressureSource) collect(ch chan<- prometheus.Metric) {
+func (p *pressureSource) collect(emit func(prometheus.Metric)) {
 	for i, on := range p.on {
 		if !on {
 			continue
 		}
-		counter(ch, p.waiting[i], float64(p.some[i])/1e6)
+		emit(p.series.counter(p.waiting[i]).With0().Set(float64(p.some[i]) / 1e6))
 		if p.hasFull[i] {
-			counter(ch, p.stalled[i], float64(p.full[i])/1e6)
+			emit(p.series.counter(p.stalled[i]).With0().Set(float64(p.full[i]) / 1e6))
 		}
 	}
 }

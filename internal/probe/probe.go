@@ -371,7 +371,9 @@ func (s *Session) sampleLocked() {
 		errs = append(errs, g.g.sample())
 	}
 	if s.tcpDiag != nil && s.plain.root != 0 {
-		errs = append(errs, s.tcpDiag.sample())
+		// The cgroup's processes as the plain sampler read them at
+		// this sample: one read of cgroup.procs for both.
+		errs = append(errs, s.tcpDiag.sample(s.plain.cgPids, s.plain.cgErr))
 	}
 	s.snap.err = errors.Join(errs...)
 }
@@ -447,6 +449,9 @@ func (s *Session) Close() error {
 	s.closed = true
 	if s.plain != nil {
 		s.plain.rd.closeAll()
+	}
+	if s.tcpDiag != nil {
+		s.tcpDiag.fds.close()
 	}
 	var errs []error
 	var closeErrs []error

@@ -33,6 +33,7 @@ type runqGroup struct {
 	last  runqRunqCounters
 
 	latency *prometheus.Desc
+	hist    *log2Hist
 }
 
 func loadRunqGroup(env *loadEnv) (_ group, err error) {
@@ -88,9 +89,11 @@ func (g *runqGroup) sample() error {
 
 func (g *runqGroup) describe(ch chan<- *prometheus.Desc) { ch <- g.latency }
 
-func (g *runqGroup) collect(ch chan<- prometheus.Metric) {
-	count, buckets := log2Buckets(g.last.Hist[:], minLeLog2, maxLeLog2)
-	ch <- prometheus.MustNewConstHistogram(g.latency, count, float64(g.last.WaitNs)/1e9, buckets)
+func (g *runqGroup) collect(emit func(prometheus.Metric)) {
+	if g.hist == nil {
+		g.hist = newLog2Hist(g.latency, len(g.last.Hist), minLeLog2, maxLeLog2)
+	}
+	emit(g.hist.set(g.last.Hist[:], float64(g.last.WaitNs)/1e9))
 }
 
 func (g *runqGroup) summarize(s *Summary) {

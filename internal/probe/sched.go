@@ -41,6 +41,7 @@ type schedGroup struct {
 	last      schedTotals
 
 	cpu, cs, runqWait, forks *prometheus.Desc
+	series                   seriesSet
 }
 
 // schedTotals is what the group exports: never lower than the sample
@@ -180,14 +181,14 @@ func (g *schedGroup) describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-func (g *schedGroup) collect(ch chan<- prometheus.Metric) {
-	b := &g.last
-	counter(ch, g.cpu, float64(b.cpuNs)/1e9)
-	counter(ch, g.cs, float64(b.nvcsw), "voluntary")
-	counter(ch, g.cs, float64(b.nivcsw), "involuntary")
-	counter(ch, g.forks, float64(b.tasksCreated))
+func (g *schedGroup) collect(emit func(prometheus.Metric)) {
+	b, s := &g.last, &g.series
+	emit(s.counter(g.cpu).With0().Set(float64(b.cpuNs) / 1e9))
+	emit(s.counter(g.cs).With1("voluntary").Set(float64(b.nvcsw)))
+	emit(s.counter(g.cs).With1("involuntary").Set(float64(b.nivcsw)))
+	emit(s.counter(g.forks).With0().Set(float64(b.tasksCreated)))
 	if g.runq {
-		counter(ch, g.runqWait, float64(b.runDelayNs)/1e9)
+		emit(s.counter(g.runqWait).With0().Set(float64(b.runDelayNs) / 1e9))
 	}
 }
 

@@ -53,6 +53,8 @@ type tcpGroup struct {
 	peers [len(tcpFailErrors)]tcpTcpPeer
 
 	opened, failed, connectDur, retrans, rto, rtt, resets, conns *prometheus.Desc
+	series                                                       seriesSet
+	connectHist, rttHist                                         *log2Hist
 }
 
 func loadTCPGroup(env *loadEnv) (_ group, err error) {
@@ -140,26 +142,28 @@ func (g *tcpGroup) describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-func (g *tcpGroup) collect(ch chan<- prometheus.Metric) {
-	b := &g.last
-	counter(ch, g.opened, float64(b.OpenedActive), "active")
-	counter(ch, g.opened, float64(b.OpenedPassive), "passive")
+func (g *tcpGroup) collect(emit func(prometheus.Metric)) {
+	b, s := &g.last, &g.series
+	emit(s.counter(g.opened).With1("active").Set(float64(b.OpenedActive)))
+	emit(s.counter(g.opened).With1("passive").Set(float64(b.OpenedPassive)))
 	for i, name := range tcpFailErrors {
-		counter(ch, g.failed, float64(b.Failed[i]), name)
+		emit(s.counter(g.failed).With1(name).Set(float64(b.Failed[i])))
 	}
-	count, buckets := log2Buckets(b.ConnectHist[:], connectMinLe, connectMaxLe)
-	ch <- prometheus.MustNewConstHistogram(g.connectDur, count, float64(b.ConnectNs)/1e9, buckets)
-	counter(ch, g.retrans, float64(b.RetransSegs))
-	counter(ch, g.rto, float64(b.Rto))
-	count, buckets = log2Buckets(b.RttHist[:], rttMinLe, rttMaxLe)
-	ch <- prometheus.MustNewConstHistogram(g.rtt, count, float64(b.RttNs)/1e9, buckets)
-	counter(ch, g.resets, float64(b.ResetsSent), "sent")
-	counter(ch, g.resets, float64(b.ResetsReceived), "received")
+	if g.connectHist == nil {
+		g.connectHist = newLog2Hist(g.connectDur, len(b.ConnectHist), connectMinLe, connectMaxLe)
+		g.rttHist = newLog2Hist(g.rtt, len(b.RttHist), rttMinLe, rttMaxLe)
+	}
+	emit(g.connectHist.set(b.ConnectHist[:], float64(b.ConnectNs)/1e9))
+	emit(s.counter(g.retrans).With0().Set(float64(b.RetransSegs)))
+	emit(s.counter(g.rto).With0().Set(float64(b.Rto)))
+	emit(g.rttHist.set(b.RttHist[:], float64(b.RttNs)/1e9))
+	emit(s.counter(g.resets).With1("sent").Set(float64(b.ResetsSent)))
+	emit(s.counter(g.resets).With1("received").Set(float64(b.ResetsReceived)))
 	for st, name := range tcpStates {
 		if name != "" && st < len(b.States) {
 			// The sum over CPUs is never negative; a read racing an
 			// update on two CPUs could be for a moment.
-			gauge(ch, g.conns, float64(max(b.States[st], 0)), name)
+			emit(s.gauge(g.conns).With1(name).Set(float64(max(b.States[st], 0))))
 		}
 	}
 }

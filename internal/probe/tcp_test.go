@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
@@ -881,7 +882,10 @@ func BenchmarkTCPDiagSample(b *testing.B) {
 			}
 			start := cpu()
 			for b.Loop() {
-				if err := s.tcpDiag.sample(); err != nil {
+				// The cgroup's processes, as the plain sampler reads
+				// them for it at each sample.
+				pids, err := readPids(filepath.Join(s.cg.path, "cgroup.procs"))
+				if err := s.tcpDiag.sample(pids, err); err != nil {
 					b.Fatal(err)
 				}
 			}

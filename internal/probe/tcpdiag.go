@@ -3,11 +3,12 @@
 package probe
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"syscall"
@@ -31,8 +32,10 @@ type tcpDiag struct {
 	off  bool
 	last tcpDiagTotals
 	buf  []byte
+	fds  fdDirs
 
 	conns, retrans, rtt, sent, received *prometheus.Desc
+	series                              seriesSet
 }
 
 type tcpDiagTotals struct {
@@ -65,42 +68,42 @@ func (d *tcpDiag) describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-func (d *tcpDiag) collect(ch chan<- prometheus.Metric) {
+func (d *tcpDiag) collect(emit func(prometheus.Metric)) {
 	if d.off {
 		return
 	}
-	t := &d.last
+	t, s := &d.last, &d.series
 	for st, name := range tcpStates {
 		if name != "" {
-			gauge(ch, d.conns, float64(t.states[st]), name)
+			emit(s.gauge(d.conns).With1(name).Set(float64(t.states[st])))
 		}
 	}
-	gauge(ch, d.retrans, float64(t.retrans))
+	emit(s.gauge(d.retrans).With0().Set(float64(t.retrans)))
 	mean := 0.0
 	if t.rttN > 0 {
 		mean = t.rttSum / float64(t.rttN)
 	}
-	gauge(ch, d.rtt, mean, "mean")
-	gauge(ch, d.rtt, t.rttMax, "max")
-	gauge(ch, d.sent, float64(t.sent))
-	gauge(ch, d.received, float64(t.received))
+	emit(s.gauge(d.rtt).With1("mean").Set(mean))
+	emit(s.gauge(d.rtt).With1("max").Set(t.rttMax))
+	emit(s.gauge(d.sent).With0().Set(float64(t.sent)))
+	emit(s.gauge(d.received).With0().Set(float64(t.received)))
 }
 
 // sample dumps the sockets of the cgroup in each network namespace of its
-// processes. On error it keeps the previous values.
-func (d *tcpDiag) sample() error {
+// processes, pids (the cgroup's cgroup.procs as read at this sample, or
+// the error reading it). On error it keeps the previous values.
+func (d *tcpDiag) sample(pids []int, pidsErr error) error {
 	if d.off {
 		return nil
 	}
-	pids, err := readPids(filepath.Join(d.cg.path, "cgroup.procs"))
-	if err != nil {
-		return fmt.Errorf("tcp sock_diag: %w", err)
+	if pidsErr != nil {
+		return fmt.Errorf("tcp sock_diag: %w", pidsErr)
 	}
 	// A dump walks the kernel's whole TCP hash table (1-3 ms of CPU
 	// with 262,144 buckets): skip it while the tree holds no socket at
 	// all and the last dump found none (the sockets it found are dumped
 	// until they are gone, also once no process holds them).
-	if !d.last.any() && !treeHasSockets(pids) {
+	if !d.last.any() && !d.fds.haveSocket(pids) {
 		return nil
 	}
 	var t tcpDiagTotals
@@ -139,34 +142,170 @@ func (t *tcpDiagTotals) any() bool {
 	return false
 }
 
-// maxFdChecks bounds the descriptors treeHasSockets looks at; past it
-// the tree is assumed to hold sockets (the dump then decides).
+// maxFdChecks bounds the descriptors haveSocket looks at; past it the
+// tree is assumed to hold sockets (the dump then decides).
 const maxFdChecks = 4096
 
-// treeHasSockets reports whether a process of the tree has a socket open
+// fdDirs reads the tree's /proc/PID/fd directories at every sample
+// through descriptors kept open (as fileReader does for files): each
+// process costs a seek, one getdents and one readlinkat per descriptor,
+// instead of an open, a close, four fcntl, two epoll_ctl and a second
+// getdents through os.File, and nothing is allocated.
+type fdDirs struct {
+	kept map[int]*keptFD // by pid; an fd of an exited process fails
+	gen  uint64
+	buf  []byte
+	link [64]byte
+}
+
+// haveSocket reports whether one of the processes pids has a socket open
 // (any kind: the dump tells TCP from the rest).
-func treeHasSockets(pids []int) bool {
-	link := make([]byte, 64)
+func (f *fdDirs) haveSocket(pids []int) bool {
+	defer f.sweep()
 	budget := maxFdChecks
 	for _, pid := range pids {
-		dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
-		f, err := os.Open(dir)
-		if err != nil {
+		data, fd, kept := f.list(pid)
+		if fd < 0 {
 			continue // exited, or not ours to read
 		}
-		names, _ := f.Readdirnames(-1)
-		f.Close()
-		for _, name := range names {
-			if budget--; budget < 0 {
-				return true
-			}
-			n, err := unix.Readlink(dir+name, link)
-			if err == nil && n > 7 && string(link[:7]) == "socket:" {
-				return true
-			}
+		found, over := f.scan(data, fd, &budget)
+		if !kept {
+			unix.Close(fd)
+		}
+		if found || over {
+			return true
 		}
 	}
 	return false
+}
+
+// scan looks for a socket among the entries data of the fd directory fd;
+// over says that the budget ran out first.
+func (f *fdDirs) scan(data []byte, fd int, budget *int) (found, over bool) {
+	for len(data) >= direntNameOff {
+		reclen := int(binary.NativeEndian.Uint16(data[16:18]))
+		if reclen <= direntNameOff || reclen > len(data) {
+			break
+		}
+		name := data[direntNameOff:reclen] // NUL-terminated, padded
+		data = data[reclen:]
+		if name[0] == '.' {
+			continue // . and ..
+		}
+		if *budget--; *budget < 0 {
+			return false, true
+		}
+		if f.isSocket(fd, name) {
+			return true, false
+		}
+	}
+	return false, false
+}
+
+// maxFdDirBytes bounds what readDir reads of one directory: more than
+// maxFdChecks entries (32 bytes each for a descriptor's number).
+const maxFdDirBytes = 256 << 10
+
+// direntNameOff is where d_name starts in a linux_dirent64 (d_ino 8,
+// d_off 8, d_reclen 2, d_type 1).
+const direntNameOff = 19
+
+// list returns pid's fd directory entries (linux_dirent64 records) and
+// the directory's descriptor (-1: the process exited, or is not ours to
+// read); kept false means that the caller closes it after use.
+func (f *fdDirs) list(pid int) (data []byte, fd int, kept bool) {
+	if f.buf == nil {
+		f.buf = make([]byte, 8<<10)
+	}
+	if k := f.kept[pid]; k != nil {
+		k.gen = f.gen
+		if data, ok := f.readDir(k.fd); ok {
+			return data, k.fd, true
+		}
+		unix.Close(k.fd)
+		delete(f.kept, pid)
+	}
+	fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, -1, false
+	}
+	kept = len(f.kept) < maxKeptFiles // past the bound, opened at each sample
+	if kept {
+		if f.kept == nil {
+			f.kept = map[int]*keptFD{}
+		}
+		f.kept[pid] = &keptFD{fd: fd, gen: f.gen}
+	}
+	data, ok := f.readDir(fd)
+	if !ok {
+		if !kept {
+			unix.Close(fd)
+		}
+		return nil, -1, false
+	}
+	return data, fd, kept
+}
+
+// readDir reads a directory's entries from its start.
+func (f *fdDirs) readDir(fd int) ([]byte, bool) {
+	if _, err := unix.Seek(fd, 0, io.SeekStart); err != nil {
+		return nil, false
+	}
+	n := 0
+	for {
+		m, err := unix.Getdents(fd, f.buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			// A process that exited (or a pid now another
+			// process's: the descriptor names the old one).
+			return nil, false
+		}
+		n += m
+		// getdents stops only when the next entry does not fit: room
+		// for the longest name left over means the directory ended,
+		// which saves the call that returns 0.
+		if m == 0 || len(f.buf)-n >= direntNameOff+unix.NAME_MAX+8 {
+			return f.buf[:n], true
+		}
+		if n >= maxFdDirBytes {
+			// More entries than haveSocket looks at anyway.
+			return f.buf[:n], true
+		}
+		f.buf = append(f.buf, make([]byte, len(f.buf))...)
+	}
+}
+
+// isSocket tells whether the descriptor named name (NUL-terminated, as
+// getdents writes it) in the fd directory dirfd is a socket.
+func (f *fdDirs) isSocket(dirfd int, name []byte) bool {
+	if bytes.IndexByte(name, 0) <= 0 {
+		return false
+	}
+	// readlinkat with the name where getdents put it: no string made.
+	n, _, e := unix.Syscall6(unix.SYS_READLINKAT, uintptr(dirfd), uintptr(unsafe.Pointer(&name[0])),
+		uintptr(unsafe.Pointer(&f.link[0])), uintptr(len(f.link)), 0, 0)
+	return e == 0 && n > 7 && string(f.link[:7]) == "socket:"
+}
+
+// sweep closes the directories of processes not looked at this time.
+func (f *fdDirs) sweep() {
+	for pid, k := range f.kept {
+		if k.gen != f.gen {
+			unix.Close(k.fd)
+			delete(f.kept, pid)
+		}
+	}
+	f.gen++
+}
+
+// close closes every kept directory.
+func (f *fdDirs) close() {
+	for pid, k := range f.kept {
+		unix.Close(k.fd)
+		delete(f.kept, pid)
+	}
 }
 
 // dumpNetns opens a sock_diag socket in the network namespace at nsPath

@@ -96,15 +96,19 @@ type Sampler struct {
 	gatherer prometheus.Gatherer
 	store    *store.Store
 	clock    Clock
-	duration prometheus.Gauge
+	duration Setter
 	warn     io.Writer
 	lastTs   int64
 	warned   map[string]bool
 }
 
+// Setter is a gauge's setter: a prometheus.Gauge, a constmetric.Gauge.
+type Setter interface{ Set(float64) }
+
 // New returns a sampler; duration receives how long each gather took and
-// must be registered in the gathered registry.
-func New(g prometheus.Gatherer, st *store.Store, clock Clock, duration prometheus.Gauge, warn io.Writer) *Sampler {
+// must be registered in the gathered registry (a Registry: see there why
+// the sampler gathers through one).
+func New(g prometheus.Gatherer, st *store.Store, clock Clock, duration Setter, warn io.Writer) *Sampler {
 	return &Sampler{gatherer: g, store: st, clock: clock, duration: duration, warn: warn, lastTs: -1 << 62, warned: map[string]bool{}}
 }
 

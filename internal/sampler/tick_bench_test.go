@@ -10,9 +10,11 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/statexec/statexec/internal/constmetric"
 	"github.com/statexec/statexec/internal/host"
 	"github.com/statexec/statexec/internal/probe"
 	"github.com/statexec/statexec/internal/store"
@@ -44,6 +46,43 @@ func BenchmarkTick(b *testing.B) {
 	}
 }
 
+// BenchmarkTickIdle is BenchmarkTick as a real run takes its ticks: one
+// every interval, the process asleep in between. A hot loop keeps the
+// kernel's and the CPU's caches warm and amortises the Go runtime's work
+// (GC, scavenger, timers, thread wake-ups) over many ticks; after a sleep
+// a tick costs about three times as much. cpu-ns/op is the process's CPU
+// time (every thread) over the whole loop divided by the ticks, what
+// scripts/bench.sh part 1 measures of a statexec run; ns/op includes the
+// sleep. Run with a fixed count, e.g. -benchtime 30x (30 s at 1s).
+func BenchmarkTickIdle(b *testing.B) {
+	for _, mode := range []probe.Mode{probe.ModePlain, probe.ModeEBPF} {
+		for _, interval := range []time.Duration{100 * time.Millisecond, time.Second} {
+			b.Run(string(mode)+"/"+interval.String(), func(b *testing.B) {
+				if os.Geteuid() != 0 {
+					b.Skip("needs root for the run's cgroup (and BPF)")
+				}
+				smp, stop := tickSetup(b, mode)
+				defer stop()
+				// A few ticks first: the first ones make the series.
+				for range 3 {
+					smp.Sample()
+				}
+				t := time.NewTicker(interval)
+				defer t.Stop()
+				<-t.C
+				b.ReportAllocs()
+				b.ResetTimer()
+				before := cpuNs(b)
+				for b.Loop() {
+					<-t.C
+					smp.Sample()
+				}
+				b.ReportMetric(float64(cpuNs(b)-before)/float64(b.N), "cpu-ns/op")
+			})
+		}
+	}
+}
+
 // cpuNs is this process's CPU time (user + system, all threads) in ns.
 func cpuNs(b *testing.B) int64 {
 	var ru syscall.Rusage
@@ -58,10 +97,10 @@ func tickSetup(b *testing.B, mode probe.Mode) (*Sampler, func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
+	reg := NewRegistry()
 	labels := prometheus.Labels{"instance": "bench", "job": "statexec", "role": "standalone"}
-	status := prometheus.NewGauge(prometheus.GaugeOpts{Name: "statexec_command_status", Help: "State.", ConstLabels: labels})
-	duration := prometheus.NewGauge(prometheus.GaugeOpts{Name: "statexec_collection_duration_seconds", Help: "Time.", ConstLabels: labels})
+	status := constmetric.NewGauge(prometheus.NewDesc("statexec_command_status", "State.", nil, labels))
+	duration := constmetric.NewGauge(prometheus.NewDesc("statexec_collection_duration_seconds", "Time.", nil, labels))
 	reg.MustRegister(status, duration)
 	for _, c := range host.Collectors(context.Background(), labels) {
 		reg.MustRegister(c)
