@@ -295,8 +295,22 @@ func npCheckStart(t *testing.T, srv *background, clis []*background) []*testenv.
 		f := testenv.ParseFile(t, b.file)
 		files = append(files, f)
 		// The origin of every file is the common start instant.
-		if d := startedAt(t, f) - axisOrigin; d < 0 || d > 10+int64(limit/time.Millisecond) {
+		start := startedAt(t, f)
+		if d := start - axisOrigin; d < 0 || d > 10+int64(limit/time.Millisecond) {
 			t.Errorf("party %d: command started at origin + %d ms, want within %s after it", i, d, limit)
+		}
+		// The start sample is the full one taken shortly before the
+		// instant (the held command had not run); at the start itself
+		// only the status is recorded.
+		pre := false
+		for _, p := range f.Series("statexec_collection_duration_seconds", nil) {
+			if p.TimestampMs == start {
+				t.Errorf("party %d: a full sample at the start instant (%d)", i, start)
+			}
+			pre = pre || (p.TimestampMs < start && p.TimestampMs >= start-150)
+		}
+		if !pre {
+			t.Errorf("party %d: no full sample in the 150 ms before the start (%d)", i, start)
 		}
 	}
 	return files

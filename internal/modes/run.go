@@ -57,14 +57,16 @@ type run struct {
 	path    string
 	signals chan os.Signal
 
-	st       *store.Store
-	probe    *probe.Session
-	smp      *sampler.Sampler
-	status   *constmetric.Gauge // set in r.smp.Between only
-	stopLoop context.CancelFunc
-	loopDone chan struct{}
-	srv      *syncctl.Server
-	rw       *remotewrite.Follower // remote write, when configured
+	st     *store.Store
+	probe  *probe.Session
+	smp    *sampler.Sampler
+	status *constmetric.Gauge // set in r.smp.Between only
+	// statusOnly gathers the status alone (commandReleased).
+	statusOnly *sampler.Registry
+	stopLoop   context.CancelFunc
+	loopDone   chan struct{}
+	srv        *syncctl.Server
+	rw         *remotewrite.Follower // remote write, when configured
 
 	child    *child
 	childErr error // the command could not start
@@ -191,6 +193,8 @@ func (r *run) setup() (int, error) {
 	duration := constmetric.NewGauge(prometheus.NewDesc("statexec_collection_duration_seconds",
 		"Time the collection of this sample's other metrics took, in seconds.", nil, labels))
 	reg.MustRegister(r.status, duration)
+	r.statusOnly = sampler.NewRegistry()
+	r.statusOnly.MustRegister(r.status)
 	for _, c := range host.Collectors(context.Background(), labels) {
 		reg.MustRegister(c)
 	}
@@ -288,6 +292,10 @@ func (r *run) execute() int {
 // command's cgroup.
 const partyHoldLead = 100 * time.Millisecond
 
+// partySampleLead is how long before an N-party start instant the start
+// sample is taken: more than five parties' samples take on 2 vCPUs.
+const partySampleLead = 60 * time.Millisecond
+
 // phases runs the command and returns the exit code so far.
 func (r *run) phases() int {
 	if synced(r.inv.Mode) {
@@ -324,11 +332,26 @@ func (r *run) phases() int {
 				return code
 			}
 			held = c
+			// The start sample, taken now (the held command has not
+			// run: its counters are those of the instant): taken at
+			// the instant, every party's would compete with the
+			// commands for the CPU (2-3 ms each, cold).
+			if sig := r.sleep(time.Until(at.Add(-partySampleLead))); sig != nil {
+				return r.interruptHeld(held, sig)
+			}
+			r.smp.Sample()
 		}
-		if sig := r.sleep(time.Until(at)); sig != nil {
+		if held != nil && held.gated {
+			// Woken by the release, not by a timer of its own at the
+			// instant: one thread fewer then wants a CPU.
+			select {
+			case <-held.released:
+			case sig := <-r.signals:
+				return r.interruptHeld(held, sig)
+			}
+		} else if sig := r.sleep(time.Until(at)); sig != nil {
 			if held != nil {
-				held.cancelGate()
-				<-held.done
+				return r.interruptHeld(held, sig)
 			}
 			return r.interrupt(sig)
 		}
@@ -339,7 +362,7 @@ func (r *run) phases() int {
 			if !held.gated {
 				r.partyHow = "not held: ptrace not allowed; forked then"
 			}
-			r.commandStarted(held)
+			r.commandReleased(held)
 		} else if err := r.startCommand(); err != nil {
 			code, _ := r.startFailed(err)
 			if r.srv != nil {
@@ -363,6 +386,13 @@ func (r *run) phases() int {
 	// A signal in the wait after the command only cuts the wait short.
 	r.sleep(r.cfg.WaitAfter)
 	return code
+}
+
+// interruptHeld kills the held command, which never ran, for sig.
+func (r *run) interruptHeld(held *child, sig os.Signal) int {
+	held.cancelGate()
+	<-held.done
+	return r.interrupt(sig)
 }
 
 func (r *run) interrupt(sig os.Signal) int {
@@ -421,6 +451,17 @@ func (r *run) commandStarted(c *child) {
 	r.smp.Between(func() { r.status.Set(statusRunning) })
 	r.probe.CommandStarted(c.pid)
 	r.smp.SampleAt(c.started)
+}
+
+// commandReleased records that the command held for an N-party start
+// instant runs: the sample just before the instant holds every other
+// value, this one only the status, so that the commands do not wait for
+// a CPU behind their statexecs' samples.
+func (r *run) commandReleased(c *child) {
+	r.child = c
+	r.smp.Between(func() { r.status.Set(statusRunning) })
+	r.probe.CommandStarted(c.pid)
+	r.smp.PartAt(c.started, r.statusOnly)
 }
 
 func (r *run) startFailed(err error) (int, bool) {

@@ -124,6 +124,23 @@ func (s *Sampler) Sample() { s.SampleAt(time.Time{}) }
 func (s *Sampler) SampleAt(at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.sampleAt(at, s.gatherer, true)
+}
+
+// PartAt is SampleAt for the metrics of g only (a registry of some of the
+// sampler's collectors), which it stores at instant at: an event whose
+// other values the previous sample holds (the command's release at an
+// N-party start instant, when a full sample would take the CPU that every
+// party's command then needs).
+func (s *Sampler) PartAt(at time.Time, g prometheus.Gatherer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sampleAt(at, g, false)
+}
+
+// sampleAt gathers g and stores the result; timed tells whether the
+// gather's duration is recorded (only the full gathers' are).
+func (s *Sampler) sampleAt(at time.Time, g prometheus.Gatherer, timed bool) {
 	began := time.Now()
 	ts := s.clock.MsAt(began)
 	if !at.IsZero() {
@@ -136,12 +153,14 @@ func (s *Sampler) SampleAt(at time.Time) {
 	if ts <= s.lastTs {
 		ts = ExactMs(s.lastTs + 1)
 	}
-	mfs, err := s.gatherer.Gather()
+	mfs, err := g.Gather()
 	if err != nil {
 		// Gather returns what it could; say once what it could not.
 		s.warnOnce("gather", fmt.Sprintf("statexec: some metrics could not be collected: %v", err))
 	}
-	s.duration.Set(time.Since(began).Seconds())
+	if timed {
+		s.duration.Set(time.Since(began).Seconds())
+	}
 	err = s.store.Append(ts, mfs)
 	if err != nil && !errors.Is(err, store.ErrRejected) {
 		s.warnOnce("store", fmt.Sprintf("statexec: metrics spool: %v; later samples are lost", err))
