@@ -146,6 +146,9 @@ func startChild(path string, argv []string, stdio [3]*os.File, h hooks) (*child,
 			started <- nil
 			run := gate.wait()
 			gate.close()
+			if d := time.Until(h.runAt); run && d > 0 {
+				time.Sleep(d) // never before the instant (see newGate)
+			}
 			if !run {
 				unix.Kill(c.pid, syscall.SIGKILL)
 			}
@@ -200,11 +203,15 @@ type gate struct {
 }
 
 func newGate(at time.Time) (*gate, error) {
+	// Go's reading first, the kernel's second: a pause between the two
+	// (a preemption; the race detector) then makes the timer fire that
+	// much late, never early. The other way round, an instant 2 ms
+	// early was seen under load: the command ran before the origin.
+	d := max(time.Until(at), 0)
 	var now unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &now); err != nil {
 		return nil, err
 	}
-	d := max(time.Until(at), 0)
 	tfd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC)
 	if err != nil {
 		return nil, err
