@@ -601,7 +601,7 @@ func parseUint(b []byte) uint64 {
 type fileReader struct {
 	buf   []byte
 	cgDir string // the cgroup's directory, for procFile{pid: 0}
-	kept  map[procFile]*keptFD
+	kept  keptFDs[procFile]
 	// missing are cgroup files that do not exist (io.stat without the
 	// io controller): not looked for again.
 	missing map[procFile]bool
@@ -705,7 +705,7 @@ func (r *fileReader) readKept(f procFile) ([]byte, error) {
 		return r.readFD(fd, path)
 	}
 	if r.kept == nil {
-		r.kept = map[procFile]*keptFD{}
+		r.kept = keptFDs[procFile]{}
 	}
 	r.kept[f] = &keptFD{fd: fd, gen: r.gen}
 	return r.readFD(fd, path)
@@ -714,19 +714,31 @@ func (r *fileReader) readKept(f procFile) ([]byte, error) {
 // sweep closes the kept files not read since the previous sweep (of
 // processes and threads that are gone).
 func (r *fileReader) sweep() {
-	for f, k := range r.kept {
-		if k.gen != r.gen {
-			unix.Close(k.fd)
-			delete(r.kept, f)
-		}
-	}
+	r.kept.sweep(r.gen)
 	r.gen++
 }
 
 // closeAll closes every kept file.
-func (r *fileReader) closeAll() {
-	for f, k := range r.kept {
+func (r *fileReader) closeAll() { r.kept.closeAll() }
+
+// keptFDs are descriptors kept open between samples (files, fd
+// directories), by what they name.
+type keptFDs[K comparable] map[K]*keptFD
+
+// sweep closes those not used in period gen.
+func (m keptFDs[K]) sweep(gen uint64) {
+	for key, k := range m {
+		if k.gen != gen {
+			unix.Close(k.fd)
+			delete(m, key)
+		}
+	}
+}
+
+// closeAll closes them all.
+func (m keptFDs[K]) closeAll() {
+	for key, k := range m {
 		unix.Close(k.fd)
-		delete(r.kept, f)
+		delete(m, key)
 	}
 }

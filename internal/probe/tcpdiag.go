@@ -152,7 +152,7 @@ const maxFdChecks = 4096
 // instead of an open, a close, four fcntl, two epoll_ctl and a second
 // getdents through os.File, and nothing is allocated.
 type fdDirs struct {
-	kept map[int]*keptFD // by pid; an fd of an exited process fails
+	kept keptFDs[int] // by pid; an fd of an exited process fails
 	gen  uint64
 	buf  []byte
 	link [64]byte
@@ -232,7 +232,7 @@ func (f *fdDirs) list(pid int) (data []byte, fd int, kept bool) {
 	kept = len(f.kept) < maxKeptFiles // past the bound, opened at each sample
 	if kept {
 		if f.kept == nil {
-			f.kept = map[int]*keptFD{}
+			f.kept = keptFDs[int]{}
 		}
 		f.kept[pid] = &keptFD{fd: fd, gen: f.gen}
 	}
@@ -291,22 +291,12 @@ func (f *fdDirs) isSocket(dirfd int, name []byte) bool {
 
 // sweep closes the directories of processes not looked at this time.
 func (f *fdDirs) sweep() {
-	for pid, k := range f.kept {
-		if k.gen != f.gen {
-			unix.Close(k.fd)
-			delete(f.kept, pid)
-		}
-	}
+	f.kept.sweep(f.gen)
 	f.gen++
 }
 
 // close closes every kept directory.
-func (f *fdDirs) close() {
-	for pid, k := range f.kept {
-		unix.Close(k.fd)
-		delete(f.kept, pid)
-	}
-}
+func (f *fdDirs) close() { f.kept.closeAll() }
 
 // dumpNetns opens a sock_diag socket in the network namespace at nsPath
 // and adds its IPv4 and IPv6 TCP sockets of the cgroup to t.
